@@ -100,7 +100,7 @@ class Annotator:
         """Every instance similar to the one in ``ref_box``, outlined, best score first."""
         matcher = self._component("matcher")
         box = check_box(ref_box, self.image_shape, "reference box")
-        boxes, scores = matcher.find(box)
+        boxes, scores = matcher.find(matcher.embed_reference(box))
         keep = scores >= score_threshold
         boxes, scores = self._clip(boxes[keep]), scores[keep]
         polygons = self._component("outliner").outline(boxes) if len(boxes) else []

@@ -41,14 +41,18 @@ class NCCMatcher:
     def set_image(self, rgb: np.ndarray) -> None:
         self.gray = rgb.mean(axis=2)
 
-    def find(self, ref_box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def embed_reference(self, ref_box: np.ndarray) -> np.ndarray:
         x0, y0, x1, y1 = np.round(ref_box).astype(int)
-        template = self.gray[y0:y1, x0:x1]
-        if template.shape[0] < 2 or template.shape[1] < 2 or template.std() == 0:
-            return np.array([ref_box], dtype=np.float64), np.ones(1)
-        score = match_template(self.gray, template, pad_input=True, mode="edge")
+        return self.gray[y0:y1, x0:x1].copy()
+
+    def find(self, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        th, tw = reference.shape
+        if th < 2 or tw < 2 or reference.std() == 0 or th > self.gray.shape[0] \
+                or tw > self.gray.shape[1]:
+            return np.zeros((0, 4)), np.zeros(0)
+        score = match_template(self.gray, reference, pad_input=True, mode="edge")
         # pad_input centres the match: peak (r, c) is the template's centre pixel
-        return _peaks_to_boxes(score, x1 - x0, y1 - y0, 1.0, self.threshold)
+        return _peaks_to_boxes(score, tw, th, 1.0, self.threshold)
 
 
 class CosineMatcher:
@@ -73,16 +77,19 @@ class CosineMatcher:
             f = torch.nn.functional.normalize(f, dim=0)
         self.feats = f.cpu().numpy()
 
-    def find(self, ref_box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def embed_reference(self, ref_box: np.ndarray) -> tuple[np.ndarray, float, float]:
         c, h, w = self.feats.shape
-        x0, y0, x1, y1 = ref_box / self.stride
+        x0, y0, x1, y1 = np.asarray(ref_box) / self.stride
         r0, r1 = int(np.floor(y0)), max(int(np.ceil(y1)), int(np.floor(y0)) + 1)
         c0, c1 = int(np.floor(x0)), max(int(np.ceil(x1)), int(np.floor(x0)) + 1)
         ref = self.feats[:, min(r0, h - 1):min(r1, h), min(c0, w - 1):min(c1, w)].reshape(c, -1)
         q = ref.mean(axis=1)
         q /= np.linalg.norm(q) + 1e-8
+        return q, float(ref_box[2] - ref_box[0]), float(ref_box[3] - ref_box[1])
+
+    def find(self, reference: tuple[np.ndarray, float, float]) -> tuple[np.ndarray, np.ndarray]:
+        q, bw, bh = reference
         score = np.tensordot(q, self.feats, axes=(0, 0))
-        bw, bh = ref_box[2] - ref_box[0], ref_box[3] - ref_box[1]
         return _peaks_to_boxes(score, bw, bh, self.stride, self.threshold)
 
 

@@ -7,7 +7,7 @@ the pixel-corner frame of ``geometry``.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,8 +17,15 @@ class Matcher(Protocol):
 
     def set_image(self, rgb: np.ndarray) -> None: ...
 
-    def find(self, ref_box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 4) boxes and (N,) scores in [0, 1], best first, including the reference's own."""
+    def embed_reference(self, ref_box: np.ndarray) -> Any:
+        """What the matcher keeps of the reference in ``ref_box`` of the current image.
+
+        It holds the reference's size too, so it can be used on other images (tiles) as it is.
+        """
+        ...
+
+    def find(self, reference: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 4) boxes and (N,) scores in [0, 1] in the current image, best first."""
         ...
 
 

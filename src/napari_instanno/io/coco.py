@@ -38,7 +38,11 @@ def _annotation_polygon(ann: dict, height: int, width: int) -> np.ndarray | None
         rle = seg
         if isinstance(seg.get("counts"), list):
             rle = mask_utils.frPyObjects(seg, height, width)
-        return mask_to_polygon(mask_utils.decode(rle))
+        mask = mask_utils.decode(rle)
+        x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+        crop = mask[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1]
+        poly = mask_to_polygon(crop)
+        return None if poly is None else poly + [max(y - 1, 0), max(x - 1, 0)]
     return None
 
 
