@@ -164,11 +164,12 @@ class Instances:
 
         return write_coco(path, [(image or {}, self)], overwrite=overwrite)
 
-    def to_coco_results(self, image_id: int = 1) -> list[dict]:
-        """COCO results-style entries (``bbox``, ``score``, ``segmentation``, ``category_id``)."""
+    def to_coco_results(self, image_id: int = 1, shape: tuple[int, int] | None = None
+                        ) -> list[dict]:
+        """COCO results-style entries (RLE segmentation when the image ``shape`` is given)."""
         from .io.coco import to_results
 
-        return to_results(self, image_id)
+        return to_results(self, image_id, shape)
 
     def to_geojson(
         self, path: str | Path, transform: Any = None, crs: Any = None, overwrite: bool = False

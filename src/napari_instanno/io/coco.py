@@ -93,9 +93,22 @@ def _ann(poly: np.ndarray, inst: Instances, i: int) -> dict[str, Any]:
     }
 
 
-def to_results(inst: Instances, image_id: int = 1) -> list[dict]:
-    """COCO results-style list: ``{image_id, bbox, score, segmentation, category_id}``."""
-    return [{"image_id": image_id, **_ann(p, inst, i)} for i, p in enumerate(inst.polygons)]
+def to_results(inst: Instances, image_id: int = 1, shape: tuple[int, int] | None = None
+               ) -> list[dict]:
+    """COCO results-style list: ``{image_id, bbox, score, segmentation, category_id}``.
+
+    With the image ``shape`` (H, W) the segmentation is compressed RLE, the form COCOeval's
+    ``loadRes`` accepts; without it, a polygon.
+    """
+    out = [{"image_id": image_id, **_ann(p, inst, i)} for i, p in enumerate(inst.polygons)]
+    if shape is not None:
+        from pycocotools import mask as mask_utils
+
+        h, w = shape
+        for entry in out:
+            rle = mask_utils.merge(mask_utils.frPyObjects(entry["segmentation"], h, w))
+            entry["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    return out
 
 
 def write_coco(path: str | Path, items: list[tuple[dict, Instances]], overwrite: bool = False

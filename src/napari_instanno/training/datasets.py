@@ -23,7 +23,7 @@ class Sample:
 
     info: dict
     instances: Instances
-    folder: "CocoFolder"
+    folder: CocoFolder
 
     def load_rgb01(self) -> np.ndarray:
         """The image as float32 (H, W, 3) in [0, 1] (see ``image.to_rgb01``)."""

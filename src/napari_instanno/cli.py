@@ -1,0 +1,161 @@
+"""The ``instanno`` command line: predict, evaluate, train, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InstannoError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="instanno", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("predict", help="find instances similar to a reference, or outline a box")
+    pr.add_argument("image", help="PNG / JPEG / TIFF / GeoTIFF file or zarr store")
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ref-box", nargs=4, type=float, metavar=("X", "Y", "W", "H"),
+                       help="reference instance: find every similar one")
+    which.add_argument("--box", nargs=4, type=float, metavar=("X", "Y", "W", "H"),
+                       help="one instance: return its polygon")
+    pr.add_argument("--out", required=True, help="output file")
+    pr.add_argument("--format", choices=("coco", "geojson"), default=None,
+                    help="default: from the file suffix (.geojson -> geojson, else coco)")
+    pr.add_argument("--category", default="object")
+    pr.add_argument("--score-threshold", type=float, default=0.0)
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _model_args(pr)
+    pr.add_argument("--level", type=int, default=0, help="multiscale level to read")
+
+    ev = sub.add_parser("evaluate", help="benchmark on a COCO folder")
+    ev.add_argument("dataset", help="folder with annotations.json and images/")
+    ev.add_argument("--mode", choices=("oneshot", "box2poly"), default="oneshot")
+    ev.add_argument("--max-images", type=int, default=None)
+    ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    _model_args(ev)
+
+    tr = sub.add_parser("train", help="train a model from a config file")
+    tr.add_argument("model", choices=("matcher", "contour"))
+    tr.add_argument("--config", required=True)
+    tr.add_argument("--device", default=None)
+    tr.add_argument("--no-resume", action="store_true", help="start over, ignoring checkpoints")
+
+    de = sub.add_parser("demo", help="run the whole loop on the built-in nuclei sample")
+    de.add_argument("--out", default="instanno-demo", help="folder for the results")
+    de.add_argument("--no-viewer", action="store_true", help="do not open napari")
+    _model_args(de)
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--matcher", default=None, help="learned (default when shipped) | ncc | cosine")
+    p.add_argument("--outliner", default=None, help="learned (default when shipped) | otsu | ellipse")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+
+
+def _xywh(v: list[float]) -> np.ndarray:
+    from .image import xywh_to_xyxy
+
+    return xywh_to_xyxy(v)
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .inference.annotator import Annotator
+    from .instances import Instances
+    from .io.images import open_image
+
+    opened = open_image(a.image, level=a.level)
+    fmt = a.format or ("geojson" if a.out.lower().endswith((".geojson", ".geo.json")) else "coco")
+    ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device)
+    ann.set_image(np.asarray(opened.data))
+    if a.ref_box is not None:
+        inst = ann.find_similar(_xywh(a.ref_box), a.score_threshold, a.category)
+    else:
+        inst = Instances(polygons=[ann.box_to_polygon(_xywh(a.box))], categories={1: a.category})
+    if fmt == "geojson":
+        inst.to_geojson(a.out, transform=opened.transform, crs=opened.crs, overwrite=a.overwrite)
+    else:
+        from .io.atomic import write_json_atomic
+
+        write_json_atomic(a.out, inst.to_coco_results(1, shape=ann.image_shape), a.overwrite)
+    print(f"{len(inst)} instance(s) -> {a.out}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .training.evaluate import evaluate_box2poly, evaluate_oneshot, format_table
+
+    if a.mode == "oneshot":
+        res = evaluate_oneshot(a.dataset, a.matcher, a.outliner, a.max_images, a.device)
+    else:
+        res = evaluate_box2poly(a.dataset, a.outliner, max_images=a.max_images, device=a.device)
+    print(format_table([{"dataset": str(a.dataset), "mode": a.mode, **res}]))
+    if a.json:
+        from .io.atomic import write_json_atomic
+
+        write_json_atomic(a.json, res, overwrite=True)
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    if a.model == "matcher":
+        from .training.train_matcher import train
+    else:
+        from .training.train_contour import train
+    path = train(a.config, resume=not a.no_resume, device=a.device)
+    print(f"weights -> {path}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .inference.annotator import Annotator
+    from .io.coco import write_coco
+    from .io.overlay import save_overlay
+    from .samples import nuclei_sample
+
+    image, ref_box = nuclei_sample()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device).set_image(image)
+    inst = ann.find_similar(ref_box, category="nucleus")
+    info = {"file_name": "nuclei.png", "height": image.shape[0], "width": image.shape[1]}
+    write_coco(out / "nuclei.coco.json", [(info, inst)], overwrite=True)
+    inst.to_geojson(out / "nuclei.geojson", overwrite=True)
+    save_overlay(out / "nuclei_overlay.png", image, inst)
+    print(f"matcher={ann.matcher.name} outliner={ann.outliner.name}: {len(inst)} nuclei found "
+          f"from one reference box; wrote {out}/nuclei.coco.json, nuclei.geojson, "
+          "nuclei_overlay.png")
+    if not a.no_viewer and os.environ.get("DISPLAY") and not os.environ.get("CI"):
+        import napari
+
+        from .napari.layers import add_instances_layer
+
+        viewer = napari.Viewer()
+        viewer.add_image(image, name="nuclei")
+        add_instances_layer(viewer, inst, name="nucleus")
+        viewer.window.add_plugin_dock_widget("napari-instanno", "Find similar")
+        napari.run()
+    return 0
+
+
+COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "train": cmd_train,
+            "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``instanno``; user errors print one line and exit with status 2."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except InstannoError as err:
+        print(f"instanno: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

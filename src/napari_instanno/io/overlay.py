@@ -1,0 +1,33 @@
+"""A PNG picture of instances drawn over their image (for the demo, reports and the README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from skimage.draw import polygon_perimeter
+
+from ..image import to_rgb01
+from ..instances import Instances
+
+STATUS_COLOURS = {"proposed": (255, 215, 0), "accepted": (0, 230, 64), "rejected": (255, 40, 40)}
+
+
+def render_overlay(image: np.ndarray, instances: Instances, scale: int = 2) -> np.ndarray:
+    """RGB uint8 picture of ``image`` (upscaled ``scale`` x) with polygon outlines by status."""
+    rgb = (to_rgb01(image) * 255).astype(np.uint8)
+    rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
+    h, w = rgb.shape[:2]
+    for poly, status in zip(instances.polygons, instances.status):
+        rr, cc = polygon_perimeter(poly[:, 0] * scale, poly[:, 1] * scale, shape=(h, w))
+        rgb[rr, cc] = STATUS_COLOURS.get(str(status), (255, 255, 255))
+    return rgb
+
+
+def save_overlay(path: str | Path, image: np.ndarray, instances: Instances, scale: int = 2
+                 ) -> Path:
+    """Write ``render_overlay`` as a PNG file."""
+    from skimage.io import imsave
+
+    imsave(str(path), render_overlay(image, instances, scale), check_contrast=False)
+    return Path(path)
