@@ -1,0 +1,221 @@
+"""Train the one-shot matcher episodically: ``python -m napari_instanno.training.train_matcher``.
+
+The recipe is a YAML file (configs/matcher.yaml). Seeded, resumable (``<output_dir>/last.pt`` is
+written every few minutes, with the optimiser and random states), CUDA with mixed precision when
+present. The result is ``<output_dir>/matcher.safetensors`` (fp16, architecture in its metadata).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InstannoError
+from ..models.matcher import MatcherConfig, OneShotMatcher
+from ..models.weights import save_fp16
+from .datasets import shared_folder
+from .episodes import Episode, EpisodeConfig, EpisodeSampler
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The YAML recipe as a dict (raises InstannoError when missing or malformed)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InstannoError(f"config {path} not found")
+    cfg = yaml.safe_load(path.read_text())
+    if not isinstance(cfg, dict) or "data" not in cfg:
+        raise InstannoError(f"config {path} needs a 'data' section (name: COCO folder)")
+    return cfg
+
+
+def make_targets(boxes: list[np.ndarray], ref_size: torch.Tensor, shape: tuple[int, int],
+                 stride: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gaussian centre heatmap (B, h, w), regression targets (B, 4, h, w) and their mask (B, h, w).
+
+    Regression: the centre's sub-cell offset (dx, dy) and log(w / w_ref), log(h / h_ref).
+    """
+    b, (h, w) = len(boxes), shape
+    heat = torch.zeros(b, h, w)
+    reg = torch.zeros(b, 4, h, w)
+    mask = torch.zeros(b, h, w)
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    for i, bx in enumerate(boxes):
+        if len(bx) == 0:
+            continue
+        t = torch.from_numpy(bx).float()
+        cx, cy = (t[:, 0] + t[:, 2]) / 2 / stride, (t[:, 1] + t[:, 3]) / 2 / stride
+        bw, bh = (t[:, 2] - t[:, 0]).clamp(min=1), (t[:, 3] - t[:, 1]).clamp(min=1)
+        sigma = (0.15 * torch.sqrt(bw * bh) / stride).clamp(min=0.4)
+        d2 = (xs[None] - cx[:, None, None]) ** 2 + (ys[None] - cy[:, None, None]) ** 2
+        heat[i] = torch.exp(-d2 / (2 * sigma[:, None, None] ** 2)).amax(0)
+        c = cx.long().clamp(0, w - 1)
+        r = cy.long().clamp(0, h - 1)
+        heat[i, r, c] = 1.0
+        mask[i, r, c] = 1.0
+        reg[i, 0, r, c] = cx - c - 0.5
+        reg[i, 1, r, c] = cy - r - 0.5
+        reg[i, 2, r, c] = torch.log(bw / ref_size[i, 0])
+        reg[i, 3, r, c] = torch.log(bh / ref_size[i, 1])
+    return heat, reg, mask
+
+
+def matcher_loss(maps: torch.Tensor, heat: torch.Tensor, reg: torch.Tensor, mask: torch.Tensor,
+                 size_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """CenterNet focal loss on the heatmap plus L1 on offset and log size at the centres."""
+    logit = maps[:, 0].float()
+    p = torch.sigmoid(logit)
+    pos = heat.eq(1).float()
+    npos = pos.sum().clamp(min=1)
+    logp, log1mp = F.logsigmoid(logit), F.logsigmoid(-logit)
+    pos_loss = -(pos * (1 - p) ** 2 * logp).sum()
+    neg_loss = -((1 - pos) * (1 - heat) ** 4 * p ** 2 * log1mp).sum()
+    focal = (pos_loss + neg_loss) / npos
+    err = (maps[:, 1:].float() - reg).abs() * mask[:, None]
+    off = err[:, :2].sum() / npos
+    size = err[:, 2:].sum() / npos
+    return {"loss": focal + off + size_weight * size, "focal": focal, "offset": off, "size": size}
+
+
+def collate(episodes: list[Episode], device: str) -> dict[str, Any]:
+    def stack(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([getattr(e, name) for e in episodes])).to(device)
+
+    return {"image": stack("image"), "ref_crop": stack("ref_crop"),
+            "ref_local": stack("ref_local"), "ref_size": stack("ref_size"),
+            "boxes": [e.boxes for e in episodes]}
+
+
+def build(cfg: dict[str, Any], pretrained: bool = True) -> tuple[OneShotMatcher, EpisodeSampler]:
+    """The model and the episode sampler of a recipe."""
+    mcfg = MatcherConfig.from_dict(cfg.get("model", {}))
+    model = OneShotMatcher(mcfg, pretrained=pretrained)
+    for p in model.backbone.body[: cfg.get("freeze_layers", 0)].parameters():
+        p.requires_grad_(False)
+    root = Path(cfg.get("data_root") or shared_folder(""))
+    folders = {}
+    for name, spec in cfg["data"].items():
+        spec = spec if isinstance(spec, dict) else {"path": spec}
+        folders[name] = root / spec["path"]
+    ecfg = dict(cfg.get("episodes", {}))
+    ecfg["weights"] = {n: float(s.get("weight", 1.0)) for n, s in cfg["data"].items()
+                       if isinstance(s, dict)}
+    for key in ("scale", "ref_side"):
+        if key in ecfg:
+            ecfg[key] = tuple(ecfg[key])
+    return model, EpisodeSampler(folders, mcfg, EpisodeConfig(**ecfg))
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(steps - warmup, 1)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def train(config: str | Path, resume: bool = True, device: str | None = None) -> Path:
+    """Train the matcher from a recipe; returns the path of the fp16 safetensors weights."""
+    from tqdm import tqdm
+
+    cfg = load_config(config)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(int(cfg.get("threads", 1)))
+    seed = int(cfg.get("seed", 0))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    out_dir = Path(cfg.get("output_dir", "runs/matcher"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, sampler = build(cfg, pretrained=cfg.get("pretrained", True))
+    model.to(device).train()
+    bb = [p for p in model.backbone.parameters() if p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    lr = float(cfg.get("lr", 1e-3))
+    opt = torch.optim.AdamW([{"params": rest, "lr": lr},
+                             {"params": bb, "lr": float(cfg.get("backbone_lr", lr / 5))}],
+                            weight_decay=float(cfg.get("weight_decay", 1e-4)))
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    amp = device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    rng = np.random.default_rng(seed)
+    steps, bs = int(cfg.get("steps", 2000)), int(cfg.get("batch_size", 8))
+    warmup = int(cfg.get("warmup", 100))
+    ckpt = out_dir / "last.pt"
+    step = 0
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        scaler.load_state_dict(state["scaler"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+    log = open(out_dir / "train.log", "a")  # noqa: SIM115 - closed below
+    every = float(cfg.get("checkpoint_minutes", 3)) * 60
+    last_save = time.monotonic()
+    bar = tqdm(total=steps, initial=step, desc="matcher", mininterval=10)
+    while step < steps:
+        for g, base in zip(opt.param_groups, base_lrs):
+            g["lr"] = base * _lr_factor(step, steps, warmup)
+        batch = collate([sampler.sample(rng) for _ in range(bs)], device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            feats = model.features(batch["image"])
+            ref = model.embed_crops(batch["ref_crop"], batch["ref_local"], batch["ref_size"])
+            maps = model.forward_maps(feats, ref)
+        heat, reg, mask = make_targets(batch["boxes"], batch["ref_size"].cpu(), maps.shape[-2:],
+                                       model.stride)
+        losses = matcher_loss(maps, heat.to(device), reg.to(device), mask.to(device),
+                              float(cfg.get("size_weight", 1.0)))
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        scaler.step(opt)
+        scaler.update()
+        step += 1
+        bar.update(1)
+        if step % 20 == 0 or step == steps:
+            vals = {k: round(float(v), 4) for k, v in losses.items()}
+            bar.set_postfix(vals)
+            log.write(json.dumps({"step": step, "time": time.time(), **vals}) + "\n")
+            log.flush()
+        if time.monotonic() - last_save > every or step == steps:
+            _save_checkpoint(ckpt, model, opt, scaler, rng, step)
+            last_save = time.monotonic()
+    bar.close()
+    log.close()
+    meta = {"config": json.dumps(model.cfg.to_dict()), "steps": str(step),
+            "recipe": Path(config).name}
+    return save_fp16(model, out_dir / "matcher.safetensors", meta)
+
+
+def _save_checkpoint(path: Path, model, opt, scaler, rng, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "step": step}, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/matcher.yaml")
+    parser.add_argument("--no-resume", action="store_true", help="start over")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    print(train(args.config, resume=not args.no_resume, device=args.device))
+
+
+if __name__ == "__main__":
+    main()
