@@ -1,0 +1,164 @@
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from napari_instanno import InstannoError, Instances
+from napari_instanno.geometry import mask_iou, polygon_to_mask
+from napari_instanno.io.coco import read_coco, write_coco
+from napari_instanno.io.geojson import read_geojson, to_feature_collection
+
+
+def make_instances():
+    rr = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    polys = [np.stack([20 + 8 * np.sin(rr), 30 + 12 * np.cos(rr)], 1),
+             np.array([[50.0, 60.0], [50, 75], [65, 75], [65, 60]])]
+    return Instances(polygons=polys, scores=[0.8, 0.6], status=["accepted", "rejected"],
+                     categories={1: "cell", 2: "debris"}, category_ids=[1, 2],
+                     properties={"note": np.array(["a", "b"], dtype=object)})
+
+
+def test_coco_written_loads_in_pycocotools_and_masks_match(tmp_path):
+    inst = make_instances()
+    other = Instances(polygons=[np.array([[1.0, 1.0], [1, 9], [9, 9], [9, 1]])],
+                      categories={1: "cell"})
+    path = write_coco(tmp_path / "a.json", [({"file_name": "a.png", "height": 100, "width": 120},
+                                             inst),
+                                            ({"file_name": "b.png", "height": 20, "width": 20},
+                                             other)])
+    coco = COCO(str(path))
+    assert len(coco.imgs) == 2 and len(coco.anns) == 3
+    assert {c["name"] for c in coco.cats.values()} == {"cell", "debris"}
+    ann = coco.anns[2]
+    assert ann["bbox"] == [60.0, 50.0, 15.0, 15.0] and ann["area"] == 225.0
+    for ann_id, poly in zip((1, 2), inst.polygons):
+        expected = polygon_to_mask(poly, (100, 120))
+        assert mask_iou(coco.annToMask(coco.anns[ann_id]).astype(bool), expected) > 0.9
+    (info, back), _ = read_coco(path)
+    assert back.status.tolist() == ["accepted", "rejected"]
+    assert back.category_names == ["cell", "debris"]
+    assert np.allclose(back.polygons[1], inst.polygons[1])
+
+
+def test_coco_results_with_shape_are_rle_for_cocoeval(tmp_path):
+    res = make_instances().to_coco_results(7, shape=(100, 120))
+    assert res[0]["image_id"] == 7 and set(res[0]) >= {"bbox", "score", "segmentation",
+                                                        "category_id"}
+    m = mask_utils.decode({"size": res[1]["segmentation"]["size"],
+                           "counts": res[1]["segmentation"]["counts"].encode()})
+    assert m.sum() == 225
+
+
+def test_geojson_round_trip_pixels_and_qupath_fields(tmp_path):
+    inst = make_instances()
+    path = inst.to_geojson(tmp_path / "a.geojson")
+    data = json.loads(path.read_text())
+    feat = data["features"][0]
+    assert feat["geometry"]["type"] == "Polygon"
+    ring = feat["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1]
+    assert feat["properties"]["classification"]["name"] == "cell"
+    # x right, y down: x is the column
+    assert ring[0][0] == pytest.approx(inst.polygons[0][0, 1])
+    back = read_geojson(path)
+    assert back.category_names == ["cell", "debris"]
+    assert back.status.tolist() == ["accepted", "rejected"]
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(back.polygons, inst.polygons))
+
+
+def test_geojson_map_coordinates_round_trip():
+    inst = make_instances()
+    transform = (10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0)
+    fc = to_feature_collection(inst, transform)
+    x, y = fc["features"][1]["geometry"]["coordinates"][0][0]
+    assert (x, y) == (500000.0 + 60 * 10, 6000000.0 - 50 * 10)
+    from napari_instanno.io.geojson import from_feature_collection
+
+    back = from_feature_collection(fc, transform)
+    assert np.allclose(back.polygons[1], inst.polygons[1])
+
+
+def test_sentinel2_fields_to_crs_match_reference_within_half_pixel(shared_data, tmp_path):
+    rasterio = pytest.importorskip("rasterio")  # declared in the testing extra
+    import shapely
+    from shapely.geometry import Polygon, shape
+
+    folder = shared_data / "sentinel2-fields"
+    info, inst = read_coco(folder / "annotations.json")[0]
+    with rasterio.open(folder / info["file_name"]) as src:
+        transform, crs = src.transform, src.crs
+    path = inst.to_geojson(tmp_path / "fields.geojson", transform=transform, crs=crs)
+    ours = json.loads(path.read_text())
+    assert ours["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32632"
+    # outer rings of every polygon part of the reference (we keep one polygon per instance)
+    ref = []
+    for f in json.loads((folder / "fields_epsg32632.geojson").read_text())["features"]:
+        geom = shape(f["geometry"])
+        ref += [Polygon(g.exterior) for g in getattr(geom, "geoms", [geom])]
+    half_pixel = abs(transform.a) / 2
+    assert len(ours["features"]) == len(inst) == 275
+    ref = np.array(ref)
+    for feat in ours["features"]:
+        poly = shape(feat["geometry"])
+        assert shapely.hausdorff_distance(ref, poly).min() <= half_pixel
+
+
+def test_saves_are_atomic_and_never_clobber(tmp_path):
+    inst = make_instances()
+    path = inst.to_coco(tmp_path / "a.json")
+    before = path.read_text()
+    with pytest.raises(InstannoError, match="exists"):
+        inst[:1].to_coco(path)
+    assert path.read_text() == before
+    inst[:1].to_coco(path, overwrite=True)
+    assert len(json.loads(path.read_text())["annotations"]) == 1
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    with pytest.raises(InstannoError, match="does not exist"):
+        inst.to_geojson(tmp_path / "missing" / "a.geojson")
+
+
+def test_unwritable_folder_gives_one_line_error(tmp_path):
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a file instead
+            target = tmp_path / "file.txt"
+            target.write_text("x")
+            bad = target / "a.json"
+        else:
+            bad = ro / "a.json"
+        with pytest.raises(InstannoError, match="cannot save|does not exist"):
+            make_instances().to_coco(bad)
+    finally:
+        os.chmod(ro, 0o700)
+
+
+def test_corrupt_and_malformed_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InstannoError, match="corrupt"):
+        read_coco(bad)
+    gj = tmp_path / "bad.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[1, 2]]}}]}))
+    with pytest.raises(InstannoError, match="malformed"):
+        read_geojson(gj)
+    gj.write_text(json.dumps({"type": "Point"}))
+    with pytest.raises(InstannoError, match="FeatureCollection"):
+        read_geojson(gj)
+
+
+def test_coco_pointing_at_missing_image(tmp_path):
+    from napari_instanno.training.datasets import CocoFolder
+
+    (tmp_path / "images").mkdir()
+    write_coco(tmp_path / "annotations.json",
+               [({"file_name": "images/gone.png", "height": 10, "width": 10}, make_instances())])
+    sample = CocoFolder(tmp_path)[0]
+    with pytest.raises(InstannoError, match="missing"):
+        sample.load_rgb01()
