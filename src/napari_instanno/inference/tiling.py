@@ -1,0 +1,377 @@
+"""Find similar instances in images of any size, tile by tile, with bounded memory.
+
+``find_similar_tiled`` reads the image window by window (see ``sources``), runs the annotator's
+matcher and outliner on each tile with dask (``engine``), keeps each object in the one tile that
+owns its centre and removes the remaining duplicates across seams (``seams``). Finished tiles can
+be checkpointed (``checkpoint``) so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InstannoError
+from ..image import check_box, to_rgb01
+from ..instances import Instances
+from .checkpoint import TileResult, TileStore
+from .engine import borrow, release, run_tasks
+from .seams import Tile, near_edge, owned, plan_tiles, seam_nms
+from .sources import Source, SourceError, as_source
+
+log = logging.getLogger(__name__)
+
+HALO_MULTIPLE = 32  # halos and tile origins on a multiple of the deepest feature stride
+MIN_SPLIT = 64  # an out-of-memory tile is split in four down to cores of this size
+
+
+class TilingInterrupted(InstannoError):
+    """The run stopped (e.g. the image store vanished); ``partial`` holds the finished tiles."""
+
+    def __init__(self, message: str, partial: Instances) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+@dataclass
+class _Job:
+    """Everything a tile task needs; pickled once per worker on a cluster."""
+
+    token: str
+    components: tuple[Any, Any]
+    source: Source
+    reference: Any
+    value_range: tuple[np.ndarray, np.ndarray]
+    score_threshold: float
+    margin: float
+    halo: int
+    seed: Any = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "seed": None}
+
+
+@dataclass
+class _Outcome:
+    index: int
+    result: TileResult | None = None
+    error: BaseException | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def default_halo(ref_box: np.ndarray) -> int:
+    """At least the reference's longest side, rounded up to a multiple of 32."""
+    side = max(ref_box[2] - ref_box[0], ref_box[3] - ref_box[1])
+    return int(np.ceil(max(side, 1) / HALO_MULTIPLE) * HALO_MULTIPLE)
+
+
+def find_similar_tiled(
+    annotator: Any,
+    image: Any,
+    ref_box: Any,
+    *,
+    tile_size: int = 1024,
+    halo: int | None = None,
+    category: str = "object",
+    score_threshold: float = 0.0,
+    scheduler: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    checkpoint: str | Path | None = None,
+    value_range: Any = None,
+    level: int = 0,
+    workers: int | None = None,
+    nms_iou: float = 0.5,
+    table: str | Path | None = None,
+    collect: bool = True,
+) -> Instances:
+    """Every instance similar to the one in ``ref_box``, found tile by tile.
+
+    ``image``: numpy, dask or zarr array (H, W) or (H, W, C), a multiscale list or OME-Zarr group
+    (``level`` picks the level), an image path or a rasterio dataset; never loaded whole.
+    ``ref_box`` (x0, y0, x1, y1) is in that level's pixels, as are the results. Tiles have
+    ``tile_size`` cores and ``halo`` pixels of context (default: the reference's longest side,
+    rounded up to 32). ``value_range`` (per-channel low, high) defaults to one computed from a
+    low-resolution sample, shared by all tiles. ``scheduler``: None (dask threads, ``workers``
+    of them; 1 on a GPU), ``"sync"``, a ``distributed.Client`` or a scheduler address.
+    ``progress(done, total)`` is called after every tile; ``cancel()`` is checked between tiles
+    and stops the run cleanly with the finished tiles' results. ``checkpoint``: a folder where
+    finished tiles are saved as they finish; rerunning with it redoes only the missing tiles.
+    ``table``: a parquet file receiving every instance, written tile by tile; with
+    ``collect=False`` the instances are not gathered in memory (an empty Instances is returned).
+    A tile that fails is reported and skipped (rerun with the checkpoint to retry it); an image
+    that becomes unreadable raises ``TilingInterrupted`` carrying the finished tiles' results.
+    """
+    source = as_source(image, level)
+    shape = source.shape
+    box = check_box(ref_box, shape, "reference box")
+    if int(tile_size) < 16:
+        raise InstannoError(f"tile_size {tile_size} is too small; use at least 16 pixels")
+    tile_size = int(tile_size)
+    halo = default_halo(box) if halo is None else int(halo)
+    if halo < 0:
+        raise InstannoError(f"halo {halo} is negative")
+    if value_range is None:
+        value_range = source.value_range()
+    value_range = (np.asarray(value_range[0], np.float32), np.asarray(value_range[1], np.float32))
+    tiles = plan_tiles(shape, tile_size, halo)
+    margin = max(1.0, float(min(box[2] - box[0], box[3] - box[1])) / 4)
+    matcher, outliner = annotator.matcher, annotator.outliner
+    fingerprint = {
+        "shape": list(shape), "dtype": str(source.dtype), "tile_size": tile_size, "halo": halo,
+        "ref_box": box, "score_threshold": float(score_threshold), "value_range": value_range,
+        "matcher": _describe(matcher), "outliner": _describe(outliner), "margin": margin,
+    }
+    spill = None
+    if checkpoint is None and not collect:
+        spill = tempfile.TemporaryDirectory(prefix="instanno-tiles-")
+    store = TileStore(checkpoint if checkpoint is not None else (spill and spill.name),
+                      fingerprint)
+    results = {r.index: r for r in store.finished()}
+    total = len(tiles)
+    if progress is not None:
+        progress(len(results), total)
+    if results:
+        log.info("resuming: %d of %d tiles already done", len(results), total)
+
+    job = _Job(uuid.uuid4().hex, (matcher, outliner), source, None, value_range,
+               float(score_threshold), margin, halo)
+    pending = [t for t in tiles if t.index not in results]
+    failures: dict[int, str] = {}
+    interrupted: str | None = None
+    stopped = False
+    try:
+        if pending:
+            job.seed = copy.deepcopy((matcher, outliner))
+            job.reference = _embed_reference(job, tiles, box)
+
+            def on_outcome(out: _Outcome) -> bool:
+                nonlocal interrupted
+                for note in out.notes:
+                    warnings.warn(note, stacklevel=4)
+                if isinstance(out.error, SourceError):
+                    interrupted = str(out.error)
+                    return True
+                if out.error is not None:
+                    failures[out.index] = f"{type(out.error).__name__}: {out.error}"
+                    log.warning("tile %d failed: %s", out.index, failures[out.index])
+                else:
+                    results[out.index] = store.save(out.result)
+                if progress is not None:
+                    progress(len(results), total)
+                return False
+
+            if workers is None:
+                workers = 1 if "cuda" in str(getattr(annotator, "device", "cpu")) \
+                    else min(os.cpu_count() or 1, 4)
+            stopped = run_tasks(_process_tile, job, pending, scheduler=scheduler,
+                                workers=workers, cancel=cancel, on_outcome=on_outcome)
+    finally:
+        release(job.token)
+    try:
+        merged = _merge(tiles, results, store, nms_iou, category, table, collect)
+    finally:
+        if spill is not None:
+            spill.cleanup()
+    _report(results, failures, tiles, halo, stopped and interrupted is None)
+    if interrupted is not None:
+        where = f"; finished tiles are kept in {checkpoint}" if checkpoint else ""
+        raise TilingInterrupted(
+            f"stopped after {len(results)} of {total} tiles: {interrupted}{where}", merged)
+    return merged
+
+
+def _describe(component: Any) -> str:
+    cls = type(component)
+    return f"{cls.__module__}.{cls.__qualname__}:{getattr(component, 'name', '')}"
+
+
+def _embed_reference(job: _Job, tiles: list[Tile], box: np.ndarray) -> Any:
+    """The matcher's reference, embedded in the window of the tile owning the box's centre."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    tile = next(t for t in tiles if t.core[0] <= cy < t.core[1] and t.core[2] <= cx < t.core[3])
+    y0, y1, x0, x1 = tile.window
+    # the window must hold the whole box, whatever the halo
+    y0, x0 = min(y0, int(np.floor(box[1]))), min(x0, int(np.floor(box[0])))
+    y1, x1 = max(y1, int(np.ceil(box[3]))), max(x1, int(np.ceil(box[2])))
+    matcher = job.seed[0]
+    matcher.set_image(to_rgb01(job.source.read(y0, y1, x0, x1), job.value_range))
+    return matcher.embed_reference(box - np.array([x0, y0, x0, y0]))
+
+
+def _process_tile(job: _Job, tile: Tile) -> _Outcome:
+    """One tile's outcome; errors are returned, not raised, so the run can carry on."""
+    out = _Outcome(tile.index)
+    y0, y1, x0, x1 = tile.core
+    own = (y0 - job.margin, y1 + job.margin, x0 - job.margin, x1 + job.margin)
+    try:
+        with borrow(job.token, job.components, job.seed) as comps:
+            out.result = _tile_result(job, comps, tile.index, tile.core, own, out.notes)
+    except Exception as err:  # reported by the caller with the tile's index
+        out.error = err
+    return out
+
+
+def _tile_result(job: _Job, comps: tuple[Any, Any], index: int, core: tuple[int, int, int, int],
+                 own: tuple[float, float, float, float], notes: list[str]) -> TileResult:
+    """Detections owned by ``core`` (ownership rectangle ``own``), retrying smaller on OOM."""
+    try:
+        return _detect(job, comps, index, core, own)
+    except SourceError:
+        raise
+    except Exception as err:
+        if not _out_of_memory(err):
+            raise
+        y0, y1, x0, x1 = core
+        if max(y1 - y0, x1 - x0) > MIN_SPLIT:
+            notes.append(f"tile {index} ran out of memory; retrying it as four smaller tiles")
+            parts = [_tile_result(job, comps, index, sub, sub_own, notes)
+                     for sub, sub_own in _split(core, own)]
+            return TileResult(index, np.concatenate([p.boxes for p in parts]),
+                              np.concatenate([p.scores for p in parts]),
+                              [q for p in parts for q in p.polygons],
+                              sum(p.touched for p in parts))
+        if all(hasattr(c, "to") for c in comps):
+            notes.append(f"tile {index} ran out of memory even when split; retrying it on the CPU")
+            cpu = tuple(copy.deepcopy(c) for c in comps)
+            for c in cpu:
+                c.to("cpu")
+            return _detect(job, cpu, index, core, own)
+        raise
+
+
+def _split(core: tuple[int, int, int, int], own: tuple[float, float, float, float]
+           ) -> list[tuple[tuple[int, int, int, int], tuple[float, float, float, float]]]:
+    """Four sub-cores; each owns its quarter, plus the margin on the parent's outer sides."""
+    y0, y1, x0, x1 = core
+    ym, xm = (y0 + y1) // 2, (x0 + x1) // 2
+    out = []
+    for a, b in ((y0, ym), (ym, y1)):
+        for c, d in ((x0, xm), (xm, x1)):
+            if b > a and d > c:
+                sub_own = (own[0] if a == y0 else a, own[1] if b == y1 else b,
+                           own[2] if c == x0 else c, own[3] if d == x1 else d)
+                out.append(((a, b, c, d), sub_own))
+    return out
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+
+
+def _detect(job: _Job, comps: tuple[Any, Any], index: int, core: tuple[int, int, int, int],
+            own: tuple[float, float, float, float]) -> TileResult:
+    matcher, outliner = comps
+    h, w = job.source.shape
+    y0, y1 = max(core[0] - job.halo, 0), min(core[1] + job.halo, h)
+    x0, x1 = max(core[2] - job.halo, 0), min(core[3] + job.halo, w)
+    rgb = to_rgb01(job.source.read(y0, y1, x0, x1), job.value_range)
+    matcher.set_image(rgb)
+    boxes, scores = matcher.find(job.reference)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    shift = np.array([x0, y0, x0, y0], dtype=np.float64)
+    glob = boxes + shift
+    glob[:, [0, 2]] = glob[:, [0, 2]].clip(x0, x1)
+    glob[:, [1, 3]] = glob[:, [1, 3]].clip(y0, y1)
+    keep = (scores >= job.score_threshold) & owned(glob, (own[0], own[1], own[2], own[3]), 0.0)
+    keep &= (glob[:, 2] > glob[:, 0]) & (glob[:, 3] > glob[:, 1])
+    glob, scores = glob[keep], scores[keep]
+    polygons: list[np.ndarray] = []
+    touched = 0
+    if len(glob):
+        outliner.set_image(rgb)
+        local = outliner.outline(glob - shift)
+        polygons = [np.asarray(p, dtype=np.float64) + [y0, x0] for p in local]
+        inner = (y0 > 0, y1 < h, x0 > 0, x1 < w)
+        for p in polygons:
+            lo, hi = p.min(axis=0), p.max(axis=0)
+            touched += int((inner[0] and lo[0] <= y0 + 0.5) or (inner[1] and hi[0] >= y1 - 0.5)
+                           or (inner[2] and lo[1] <= x0 + 0.5) or (inner[3] and hi[1] >= x1 - 0.5))
+    return TileResult(index, glob, scores, polygons, touched)
+
+
+def _merge(tiles: list[Tile], results: dict[int, TileResult], store: TileStore, nms_iou: float,
+           category: str, table: str | Path | None, collect: bool) -> Instances:
+    """Remove duplicates across seams; gather (and/or stream to ``table``) what is kept."""
+    done = [results[t.index] for t in tiles if t.index in results]
+    empty = Instances(categories={1: category})
+    keeps: list[np.ndarray] = []
+    if done:
+        boxes = np.concatenate([r.boxes for r in done]).reshape(-1, 4)
+        scores = np.concatenate([r.scores for r in done])
+        tile_of = np.concatenate([np.full(len(r.boxes), r.index) for r in done])
+        sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        reach = float(sides.max()) if len(sides) else 0.0
+        cand = np.zeros(len(boxes), dtype=bool)
+        start = 0
+        for r in done:
+            n = len(r.boxes)
+            cand[start:start + n] = near_edge(r.boxes, tiles[r.index].core, reach)
+            start += n
+        keep = seam_nms(boxes, scores, tile_of, cand, nms_iou)
+        keeps = np.split(keep, np.cumsum([len(r.boxes) for r in done])[:-1])
+    writer = None
+    if table is not None:
+        from ..io.table import TableWriter
+
+        writer = TableWriter(table)
+    parts = []
+    try:
+        for r, k in zip(done, keeps, strict=True):
+            if not k.any():
+                continue
+            polys = store.polygons(r.index)
+            part = Instances(polygons=[p for p, kk in zip(polys, k, strict=True) if kk],
+                             boxes=r.boxes[k], scores=r.scores[k], categories={1: category})
+            if writer is not None:
+                writer.write(part)
+            if collect:
+                parts.append(part)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not parts:
+        return empty
+    merged = Instances.concat(parts)
+    return merged[np.argsort(-merged.scores, kind="stable")]
+
+
+def _report(results: dict[int, TileResult], failures: dict[int, str], tiles: list[Tile],
+            halo: int, cancelled: bool) -> None:
+    touched = sum(r.touched for r in results.values())
+    if touched:
+        warnings.warn(f"{touched} objects reached a tile's edge and may be cut; pass a larger "
+                      f"halo (now {halo} px)", stacklevel=3)
+    if failures:
+        first = next(iter(failures.items()))
+        warnings.warn(f"{len(failures)} of {len(tiles)} tiles failed (tile {first[0]}: "
+                      f"{first[1]}); rerun with the same checkpoint to retry them", stacklevel=3)
+    if cancelled:
+        log.info("cancelled after %d of %d tiles", len(results), len(tiles))
+
+
+def tqdm_progress(desc: str = "tiles") -> Callable[[int, int], None]:
+    """A ``progress`` callback drawing a tqdm bar with ETA (call ``.close()`` when done)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="tile")
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+            bar.n = bar.last_print_n = done  # resumed tiles do not count for the ETA
+        bar.update(done - bar.n)
+
+    update.close = bar.close  # type: ignore[attr-defined]
+    return update

@@ -1,0 +1,174 @@
+"""A columnar table of instances (parquet) written batch by batch, for runs with millions of
+objects; and GeoJSON / COCO files streamed from it without holding everything in memory.
+
+Columns: ``x0 y0 x1 y1`` (box), ``score``, ``category``, ``status`` and ``polygon`` (flat
+``[x0, y0, x1, y1, ...]`` in pixel-corner coordinates, the COCO order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InstannoError
+from ..instances import Instances
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise InstannoError("writing a parquet table needs pyarrow: pip install pyarrow") from err
+    return pa, pq
+
+
+class TableWriter:
+    """Append ``Instances`` to a parquet file as row groups; ``close()`` finishes the file.
+
+    The file appears (atomically) only on ``close``; a crash leaves no half-written table.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.pa, pq = _pyarrow()
+        self.path = Path(path)
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        if not folder.is_dir():
+            raise InstannoError(f"cannot write {self.path}: folder {folder} does not exist")
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        schema = self.pa.schema([
+            *(self.pa.field(k, self.pa.float64()) for k in ("x0", "y0", "x1", "y1", "score")),
+            self.pa.field("category", self.pa.string()),
+            self.pa.field("status", self.pa.string()),
+            self.pa.field("polygon", self.pa.list_(self.pa.float64())),
+        ])
+        self._writer = pq.ParquetWriter(self._tmp, schema)
+        self.count = 0
+
+    def write(self, inst: Instances) -> None:
+        """Append one batch."""
+        if not len(inst):
+            return
+        pa = self.pa
+        b = inst.boxes
+        lengths = np.array([len(p) * 2 for p in inst.polygons], dtype=np.int32)
+        flat = np.concatenate([np.asarray(p)[:, ::-1].reshape(-1) for p in inst.polygons])
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        cols = {k: pa.array(b[:, i]) for i, k in enumerate(("x0", "y0", "x1", "y1"))}
+        cols["score"] = pa.array(inst.scores.astype(np.float64))
+        cols["category"] = pa.array(inst.category_names)
+        cols["status"] = pa.array([str(s) for s in inst.status])
+        cols["polygon"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+        self._writer.write_table(pa.table(cols, schema=self._writer.schema))
+        self.count += len(inst)
+
+    def close(self) -> Path:
+        """Finish the file and move it into place."""
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+
+def iter_table(path: str | Path, batch_size: int = 65536) -> Iterator[Instances]:
+    """The table's instances, ``batch_size`` at a time."""
+    _, pq = _pyarrow()
+    path = Path(path)
+    if not path.is_file():
+        raise InstannoError(f"table {path} does not exist")
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        d = batch.to_pydict()
+        names = list(dict.fromkeys(d["category"])) or ["object"]
+        ids = {n: i + 1 for i, n in enumerate(names)}
+        yield Instances(
+            polygons=[np.asarray(p, dtype=np.float64).reshape(-1, 2)[:, ::-1] for p in d["polygon"]],
+            boxes=np.stack([d["x0"], d["y0"], d["x1"], d["y1"]], axis=1) if d["x0"] else None,
+            scores=d["score"],
+            category_ids=[ids[n] for n in d["category"]],
+            categories={i: n for n, i in ids.items()},
+            status=d["status"],
+        )
+
+
+def read_table(path: str | Path) -> Instances:
+    """The whole table as one Instances."""
+    parts = list(iter_table(path))
+    return Instances.concat(parts) if parts else Instances()
+
+
+def table_to_geojson(table: str | Path, path: str | Path, transform: Any = None, crs: Any = None,
+                     overwrite: bool = False) -> Path:
+    """Stream the table into a GeoJSON FeatureCollection (pixels or map units)."""
+    from .geojson import _crs_member, to_feature_collection
+
+    head = {"type": "FeatureCollection"}
+    member = _crs_member(crs)
+    if member:
+        head["crs"] = member
+    return _stream_json(path, overwrite, head, "features",
+                        (f for part in iter_table(table)
+                         for f in to_feature_collection(part, transform)["features"]))
+
+
+def table_to_coco(table: str | Path, path: str | Path, image: dict | None = None,
+                  overwrite: bool = False) -> Path:
+    """Stream the table into a COCO file holding one image."""
+    from .coco import _ann
+
+    info = dict(image or {})
+    image_id = int(info.get("id", 1))
+    categories: dict[str, int] = {}
+
+    def annotations() -> Iterator[dict]:
+        n = 0
+        for part in iter_table(table):
+            names = part.category_names
+            for i, poly in enumerate(part.polygons):
+                n += 1
+                ann = _ann(poly, part, i)
+                ann.update(id=n, image_id=image_id, iscrowd=0, status=str(part.status[i]),
+                           category_id=categories.setdefault(names[i], len(categories) + 1))
+                yield ann
+
+    head = {
+        "info": {"description": "written by napari-instanno"},
+        "images": [{"id": image_id, "file_name": str(info.get("file_name", "image")),
+                    "height": int(info.get("height", 0)), "width": int(info.get("width", 0))}],
+    }
+    def tail() -> dict:
+        return {"categories": [{"id": i, "name": n, "supercategory": n}
+                               for n, i in categories.items()]}
+
+    return _stream_json(path, overwrite, head, "annotations", annotations(), tail)
+
+
+def _stream_json(path: str | Path, overwrite: bool, head: dict, key: str, items: Iterator[Any],
+                 tail: Any = None) -> Path:
+    """Write ``{**head, key: [items...], **tail()}`` item by item, atomically."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InstannoError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InstannoError(f"cannot save to {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(head)[:-1] + f', "{key}": [')
+            for n, item in enumerate(items):
+                fh.write(("," if n else "") + json.dumps(item))
+            fh.write("]")
+            for k, v in (tail() if tail else {}).items():
+                fh.write(f", {json.dumps(k)}: {json.dumps(v)}")
+            fh.write("}")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
