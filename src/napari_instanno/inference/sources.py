@@ -82,8 +82,8 @@ class Source:
         step = max(1, int(np.ceil(np.sqrt(h * w / pixels))))
         if isinstance(self.array, np.ndarray):
             return self.array[::step, ::step]
-        if h * w <= 4 * pixels:
-            return self.read(0, h, 0, w)[::step, ::step]
+        if h * w <= pixels:
+            return self.read(0, h, 0, w)
         n = 8
         side = int(min(128, h // n, w // n, np.sqrt(pixels / n**2)))
         ys = np.linspace(0, h - side, n).astype(int)
