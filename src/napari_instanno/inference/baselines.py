@@ -56,40 +56,52 @@ class NCCMatcher:
 
 
 class CosineMatcher:
-    """Cosine similarity of ImageNet MobileNetV2 stride-8 features to the reference's mean feature."""
+    """Cosine similarity of the reference's ImageNet MobileNetV2 stride-8 feature patch to every
+    same-sized window of the image's features (template matching in feature space)."""
 
     stride = 8
 
     def __init__(self, threshold: float = 0.5, device: str = "cpu", **_: object) -> None:
+        import torch
+
         from ..models.backbone import Backbone
 
         self.threshold = threshold
         self.device = device
         self.net = Backbone(strides=(8,)).eval().to(device)
-        self.feats: np.ndarray | None = None
+        self.feats: torch.Tensor | None = None
 
     def set_image(self, rgb: np.ndarray) -> None:
         import torch
 
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(self.device)
-            f = self.net(x)[8][0]
-            f = torch.nn.functional.normalize(f, dim=0)
-        self.feats = f.cpu().numpy()
+            self.feats = self.net(x)[8]
 
-    def embed_reference(self, ref_box: np.ndarray) -> tuple[np.ndarray, float, float]:
-        c, h, w = self.feats.shape
+    def embed_reference(self, ref_box: np.ndarray) -> tuple[object, float, float]:
+        _, _, h, w = self.feats.shape
         x0, y0, x1, y1 = np.asarray(ref_box) / self.stride
-        r0, r1 = int(np.floor(y0)), max(int(np.ceil(y1)), int(np.floor(y0)) + 1)
-        c0, c1 = int(np.floor(x0)), max(int(np.ceil(x1)), int(np.floor(x0)) + 1)
-        ref = self.feats[:, min(r0, h - 1):min(r1, h), min(c0, w - 1):min(c1, w)].reshape(c, -1)
-        q = ref.mean(axis=1)
-        q /= np.linalg.norm(q) + 1e-8
-        return q, float(ref_box[2] - ref_box[0]), float(ref_box[3] - ref_box[1])
+        r0 = min(int(np.floor(y0)), h - 1)
+        c0 = min(int(np.floor(x0)), w - 1)
+        r1, c1 = max(int(np.ceil(y1)), r0 + 1), max(int(np.ceil(x1)), c0 + 1)
+        patch = self.feats[:, :, r0:r1, c0:c1].clone()
+        return patch, float(ref_box[2] - ref_box[0]), float(ref_box[3] - ref_box[1])
 
-    def find(self, reference: tuple[np.ndarray, float, float]) -> tuple[np.ndarray, np.ndarray]:
-        q, bw, bh = reference
-        score = np.tensordot(q, self.feats, axes=(0, 0))
+    def find(self, reference: tuple[object, float, float]) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        patch, bw, bh = reference
+        _, _, th, tw = patch.shape
+        _, _, h, w = self.feats.shape
+        if th > h or tw > w:
+            return np.zeros((0, 4)), np.zeros(0)
+        with torch.inference_mode():
+            pad = (tw // 2, tw - 1 - tw // 2, th // 2, th - 1 - th // 2)
+            f = F.pad(self.feats, pad)
+            dot = F.conv2d(f, patch)
+            norm = F.conv2d(f.pow(2).sum(1, keepdim=True), torch.ones_like(patch[:, :1])).sqrt()
+            score = (dot / (norm * patch.norm() + 1e-8))[0, 0].cpu().numpy()
         return _peaks_to_boxes(score, bw, bh, self.stride, self.threshold)
 
 
@@ -123,15 +135,16 @@ class OtsuOutliner:
         from scipy.ndimage import binary_fill_holes, label
         from skimage.filters import threshold_otsu
 
-        h, w = self.gray.shape
+        ih, iw = self.gray.shape
         x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
-        x1, y1 = min(int(np.ceil(box[2])), w), min(int(np.ceil(box[3])), h)
+        x1, y1 = min(int(np.ceil(box[2])), iw), min(int(np.ceil(box[3])), ih)
         crop = self.gray[y0:y1, x0:x1]
         fallback = self.ellipse.outline(box[None])[0]
         if crop.size < 4 or crop.min() == crop.max():
             return fallback
         fg = crop > threshold_otsu(crop)
-        centre = ellipse_polygon(np.array([0, 0, fg.shape[1], fg.shape[0]]), 32)
+        h, w = fg.shape  # the object covers the box's centre: the middle half decides polarity
+        centre = ellipse_polygon(np.array([w / 4, h / 4, 3 * w / 4, 3 * h / 4]), 32)
         core = polygon_to_mask(centre, fg.shape)
         if (fg & core).sum() < (~fg & core).sum():
             fg = ~fg

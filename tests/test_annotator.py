@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from napari_instanno import Annotator, InstannoError
+from napari_instanno.geometry import mask_iou, polygon_to_mask
+from napari_instanno.image import to_rgb01
+
+
+def ref_box(centre, radius=8, pad=2):
+    r, c = centre
+    return [c - radius - pad, r - radius - pad, c + radius + pad, r + radius + pad]
+
+
+@pytest.fixture(scope="module")
+def ncc():
+    return Annotator(matcher="ncc", outliner="otsu", device="cpu")
+
+
+def test_find_similar_finds_every_disc_once(ncc, discs):
+    img, centres = discs
+    inst = ncc.set_image(img).find_similar(ref_box(centres[5]), category="disc")
+    found = (inst.boxes[:, [1, 0]] + inst.boxes[:, [3, 2]]) / 2
+    assert len(inst) == len(centres)
+    for c in centres:
+        assert np.linalg.norm(found - c, axis=1).min() < 2
+    assert inst.category_names == ["disc"] * len(inst)
+    assert np.all(np.diff(inst.scores) <= 1e-9)
+    disc = polygon_to_mask(inst.polygons[0], img.shape)
+    assert 150 < disc.sum() < 260  # pi * 8^2 ~ 201
+
+
+def test_box_to_polygon_and_refine(ncc, discs):
+    img, centres = discs
+    ncc.set_image(img)
+    r, c = centres[0]
+    rr, cc = np.mgrid[: img.shape[0], : img.shape[1]]
+    truth = (rr + 0.5 - r) ** 2 + (cc + 0.5 - c) ** 2 <= 64
+    poly = ncc.box_to_polygon(ref_box(centres[0], pad=3))
+    assert mask_iou(polygon_to_mask(poly, img.shape), truth) > 0.85
+    squashed = poly.copy()
+    squashed[:, 0] = r + (squashed[:, 0] - r) * 0.6
+    refined = ncc.refine(squashed)
+    before = mask_iou(polygon_to_mask(squashed, img.shape), truth)
+    assert mask_iou(polygon_to_mask(refined, img.shape), truth) > before
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_dtypes_and_channels_are_normalised(dtype, discs):
+    img, _ = discs
+    scaled = (np.clip(img, 0, 1) * (200 if dtype == np.uint8 else 40000)).astype(dtype)
+    for arr in (scaled, np.stack([scaled] * 3, -1), np.stack([scaled] * 5, -1)):
+        rgb = to_rgb01(arr)
+        assert rgb.shape == (*img.shape, 3) and rgb.dtype == np.float32
+        assert rgb.min() >= 0 and rgb.max() <= 1 and rgb.max() > 0.9
+
+
+@pytest.mark.parametrize("box, message", [
+    ([10, 10, 10, 30], "zero area"),
+    ([500, 500, 520, 520], "outside"),
+    ([np.nan, 1, 5, 5], "NaN"),
+    ([1, 2, 3], "4 numbers"),
+])
+def test_bad_reference_boxes_give_one_line_errors(ncc, discs, box, message):
+    ncc.set_image(discs[0])
+    with pytest.raises(InstannoError, match=message) as err:
+        ncc.find_similar(box)
+    assert "\n" not in str(err.value)
+
+
+def test_box_partly_outside_is_clipped(ncc, discs):
+    img, centres = discs
+    ncc.set_image(img)
+    poly = ncc.box_to_polygon([-20, -20, 30, 30])
+    assert poly[:, 0].min() >= 0 and poly[:, 1].min() >= 0
+
+
+def test_bad_images(ncc):
+    with pytest.raises(InstannoError, match="NaN"):
+        ncc.set_image(np.full((20, 20), np.nan))
+    with pytest.raises(InstannoError, match="not numeric"):
+        ncc.set_image(np.array([["a", "b"]]))
+    with pytest.raises(InstannoError, match="shape"):
+        ncc.set_image(np.zeros((2, 3, 4, 5)))
+    tiny = Annotator(matcher="ncc", outliner="otsu").set_image(np.ones((1, 1), np.uint8))
+    assert len(tiny.find_similar([0, 0, 1, 1])) <= 1
+    with pytest.raises(InstannoError, match="no image"):
+        Annotator(matcher="ncc", outliner="ellipse").find_similar([0, 0, 5, 5])
+
+
+def test_cosine_baseline_and_unknown_names(discs):
+    img, centres = discs
+    ann = Annotator(matcher="cosine", outliner="ellipse", device="cpu").set_image(img)
+    inst = ann.find_similar(ref_box(centres[5], pad=4))
+    found = (inst.boxes[:, [1, 0]] + inst.boxes[:, [3, 2]]) / 2
+    assert len(inst) == len(centres)
+    assert all(np.linalg.norm(found - c, axis=1).min() < 8 for c in centres)
+    with pytest.raises(InstannoError, match="unknown matcher"):
+        Annotator(matcher="magic")
+
+
+def test_features_are_cached_per_image(discs, monkeypatch):
+    img, centres = discs
+    ann = Annotator(matcher="ncc", outliner="ellipse").set_image(img)
+    calls = []
+    original = ann.matcher.set_image
+    monkeypatch.setattr(ann.matcher, "set_image", lambda rgb: (calls.append(1), original(rgb)))
+    ann.find_similar(ref_box(centres[0]))
+    ann.find_similar(ref_box(centres[3]))
+    assert len(calls) == 1
+    ann.set_image(img)
+    ann.find_similar(ref_box(centres[0]))
+    assert len(calls) == 2
