@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from skimage.draw import polygon_perimeter
+from skimage.draw import line
 
 from ..image import to_rgb01
 from ..instances import Instances
@@ -19,8 +19,12 @@ def render_overlay(image: np.ndarray, instances: Instances, scale: int = 2) -> n
     rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
     h, w = rgb.shape[:2]
     for poly, status in zip(instances.polygons, instances.status):
-        rr, cc = polygon_perimeter(poly[:, 0] * scale, poly[:, 1] * scale, shape=(h, w))
-        rgb[rr, cc] = STATUS_COLOURS.get(str(status), (255, 255, 255))
+        pts = np.round(np.asarray(poly) * scale).astype(int)
+        colour = STATUS_COLOURS.get(str(status), (255, 255, 255))
+        for (r0, c0), (r1, c1) in zip(pts, np.roll(pts, -1, axis=0)):
+            rr, cc = line(r0, c0, r1, c1)
+            ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+            rgb[rr[ok], cc[ok]] = colour
     return rgb
 
 
