@@ -178,9 +178,10 @@ class EpisodeSampler:
         else:
             b = inst.boxes[idx[rng.integers(len(idx))]]
             c = (b[:2] + b[2:]) / 2 + rng.uniform(-0.7, 0.7, 2) * half
-            # keep the window inside the image where the image is large enough
+            # keep the window inside a large image; let it cover all of a small one
             lim = np.array([ww, hh], dtype=np.float64)
-            c = np.where(lim > 2 * half, np.clip(c, half, lim - half), c)
+            c = np.where(lim > 2 * half, np.clip(c, half, lim - half),
+                         np.clip(c, lim - half, half))
         win = np.array([c[0] - half, c[1] - half, c[0] + half, c[1] + half])
         search = _crop(img, win, cfg.crop)
 

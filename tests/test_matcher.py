@@ -1,0 +1,205 @@
+"""The learned one-shot matcher: shapes, decoding + NMS, the episode sampler, training, the cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_instanno.errors import InstannoError
+from napari_instanno.geometry import box_iou, ellipse_polygon
+from napari_instanno.inference.learned_matcher import LearnedMatcher
+from napari_instanno.instances import Instances
+from napari_instanno.io.coco import write_coco
+from napari_instanno.models.matcher import MatcherConfig, OneShotMatcher, decode
+from napari_instanno.models.weights import save_fp16
+from napari_instanno.training.episodes import Episode, EpisodeConfig, EpisodeSampler
+from napari_instanno.training.train_matcher import collate, make_targets, matcher_loss
+
+SMALL = MatcherConfig(strides=(8,), dim=32, ref_size=32, min_crop=32)
+KINDS = {1: (6.0, (1.0, 0.2, 0.2)), 2: (8.0, (0.2, 1.0, 0.2))}  # id: (half size, colour)
+
+
+def two_kinds_scene(rng: np.random.Generator, size: int = 96, per_kind: int = 3
+                    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Red discs (kind 1) and green squares (kind 2) on noise; boxes per kind."""
+    img = rng.normal(0.3, 0.05, (size, size, 3)).astype(np.float32)
+    rr, cc = np.mgrid[:size, :size] + 0.5
+    boxes: dict[int, list] = {1: [], 2: []}
+    taken: list[np.ndarray] = []
+    while len(taken) < 2 * per_kind:
+        kind = 1 + len(taken) % 2
+        half, colour = KINDS[kind]
+        cy, cx = rng.uniform(half + 1, size - half - 1, 2)
+        box = np.array([cx - half, cy - half, cx + half, cy + half])
+        if taken and box_iou(box[None] + [-3, -3, 3, 3], np.array(taken)).max() > 0:
+            continue
+        taken.append(box)
+        boxes[kind].append(box)
+        inside = ((rr - cy) ** 2 + (cc - cx) ** 2 <= half**2) if kind == 1 else \
+            (np.abs(rr - cy) <= half) & (np.abs(cc - cx) <= half)
+        img[inside] = colour
+    return img.clip(0, 1), {k: np.array(v) for k, v in boxes.items()}
+
+
+def scene_episode(model: OneShotMatcher, rng: np.random.Generator) -> Episode:
+    img, boxes = two_kinds_scene(rng)
+    kind = int(rng.integers(1, 3))
+    ref = boxes[kind][rng.integers(len(boxes[kind]))]
+    x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+    crops, local = model.reference_crops(x, torch.tensor(ref[None], dtype=torch.float32))
+    return Episode(img.transpose(2, 0, 1).copy(), boxes[kind].astype(np.float32),
+                   crops[0].numpy(), local[0].numpy(), (ref[2:] - ref[:2]).astype(np.float32))
+
+
+def test_output_shapes() -> None:
+    model = OneShotMatcher(MatcherConfig(strides=(8, 16), dim=16), pretrained=False).eval()
+    feats = model.features(torch.rand(2, 3, 64, 96))
+    assert feats["feats"][8].shape == (2, 16, 8, 12)
+    assert feats["feats"][16].shape == (2, 16, 4, 6)
+    boxes = torch.tensor([[10.0, 10, 30, 24], [40, 20, 60, 50]])
+    ref = model.embed_reference(feats, boxes, torch.tensor([0, 1]))
+    assert ref["q"][8].shape == (2, 32) and ref["q"][16].shape == (2, 32)
+    assert torch.equal(ref["size"], torch.tensor([[20.0, 14], [20, 30]]))
+    assert model.forward_maps(feats, ref).shape == (2, 5, 8, 12)
+    out = model.detect(feats, ref, threshold=0.0, max_detections=7)
+    assert len(out) == 2
+    for b, s in out:
+        assert b.shape == (len(s), 4) and len(s) <= 7
+        assert torch.all(s[:-1] >= s[1:])
+
+
+def test_decode_peaks_and_nms() -> None:
+    maps = torch.full((1, 5, 8, 8), -10.0)
+    maps[0, 1:] = 0.0
+    maps[0, 0, 2, 3] = 3.0                     # a peak: box centred on cell (2, 3)
+    maps[0, 0, 2, 4] = 2.0                     # its neighbour is no local maximum
+    maps[0, 0, 6, 6] = 1.0
+    maps[0, 1, 6, 6], maps[0, 4, 6, 6] = 0.25, np.log(2.0)  # offset and a taller box
+    boxes, scores = decode(maps, torch.tensor([[10.0, 10.0]]), 8, threshold=0.1)[0]
+    np.testing.assert_allclose(scores, torch.sigmoid(torch.tensor([3.0, 1.0])), rtol=1e-6)
+    np.testing.assert_allclose(boxes, [[23, 15, 33, 25], [49, 42, 59, 62]], atol=1e-5)
+    # two separate peaks whose (large) boxes overlap: NMS keeps the stronger one only
+    maps[0, 0, 6, 6] = -10.0
+    maps[0, 0, 2, 5] = 2.5
+    boxes, scores = decode(maps, torch.tensor([[60.0, 60.0]]), 8, threshold=0.1, nms_iou=0.5)[0]
+    assert len(boxes) == 1 and scores[0] == pytest.approx(float(torch.sigmoid(torch.tensor(3.0))))
+    boxes, _ = decode(maps, torch.tensor([[60.0, 60.0]]), 8, threshold=0.1, nms_iou=0.95)[0]
+    assert len(boxes) == 2
+
+
+def _coco_scenes(tmp_path, n: int = 3):
+    rng = np.random.default_rng(1)
+    (tmp_path / "images").mkdir()
+    items = []
+    for i in range(n):
+        img, boxes = two_kinds_scene(rng, size=96, per_kind=3 + i)
+        name = f"images/s{i}.png"
+        Image.fromarray((img * 255).astype(np.uint8)).save(tmp_path / name)
+        polys = [ellipse_polygon(b, 24) for k in (1, 2) for b in boxes[k]]
+        cats = [k for k in (1, 2) for _ in boxes[k]]
+        inst = Instances(polygons=polys, category_ids=np.array(cats),
+                         categories={1: "disc", 2: "square"})
+        items.append(({"id": i + 1, "file_name": name, "height": 96, "width": 96}, inst))
+    write_coco(tmp_path / "annotations.json", items)
+    return tmp_path
+
+
+def test_sampler_episodes(tmp_path) -> None:
+    root = _coco_scenes(tmp_path)
+    cfg = EpisodeConfig(crop=128, scale=(1.0, 1.0), empty_crop=0.0, distractors=0.0,
+                        other_image=0.5, min_visible=0.99)
+    sampler = EpisodeSampler({"shapes": root}, SMALL, cfg)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ep = sampler.sample(rng)
+        assert ep.image.shape == (3, 128, 128) and ep.ref_crop.shape == (3, 32, 32)
+        # scenes hold 3 + i of each kind: the targets are all of one kind, the reference's kind
+        sizes = ep.boxes[:, 2:] - ep.boxes[:, :2]
+        i = int(ep.source.split(":")[1].split("->")[0])
+        assert len(ep.boxes) == 3 + i
+        np.testing.assert_allclose(sizes, np.broadcast_to(ep.ref_size, sizes.shape), atol=1.5)
+        lw, lh = ep.ref_local[2:] - ep.ref_local[:2]
+        assert lw == pytest.approx(ep.ref_size[0], abs=1.5)  # small objects crop at scale 1
+        # the reference crop shows the object at its centre, unlike its border (background)
+        centre = ep.ref_crop[:, 14:18, 14:18].mean((1, 2))
+        border = np.median(np.concatenate([ep.ref_crop[:, 0], ep.ref_crop[:, -1]], 1), 1)
+        assert np.abs(centre - border).max() > 0.15
+    # with distractors and scale changes, episodes stay well formed
+    sampler.cfg = EpisodeConfig(crop=64, distractors=1.0)
+    for _ in range(10):
+        ep = sampler.sample(rng)
+        assert ep.image.shape == (3, 64, 64) and np.isfinite(ep.image).all()
+        assert (ep.boxes >= 0).all() and (ep.boxes <= 64).all()
+
+
+def test_training_tells_kinds_apart() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = OneShotMatcher(SMALL, pretrained=True)
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 2e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(250):
+        batch = collate([scene_episode(model, rng) for _ in range(4)], "cpu")
+        ref = model.embed_crops(batch["ref_crop"], batch["ref_local"], batch["ref_size"])
+        maps = model.forward_maps(model.features(batch["image"]), ref)
+        heat, reg, mask = make_targets(batch["boxes"], batch["ref_size"], maps.shape[-2:], 8)
+        loss = matcher_loss(maps, heat, reg, mask)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    hits = {"same": 0, "other": 0, "targets": 0}
+    with torch.inference_mode():
+        for _ in range(6):
+            img, boxes = two_kinds_scene(rng)
+            feats = model.features(torch.from_numpy(img.transpose(2, 0, 1).copy())[None])
+            for kind, other in ((1, 2), (2, 1)):
+                ref = model.embed_reference(feats, torch.tensor(boxes[kind][:1]).float())
+                found, _ = model.detect(feats, ref, threshold=0.3)[0]
+                if len(found):
+                    hits["same"] += int((box_iou(boxes[kind], found.numpy()).max(1) > 0.5).sum())
+                    hits["other"] += int((box_iou(boxes[other], found.numpy()).max(1) > 0.3).sum())
+                hits["targets"] += len(boxes[kind])
+    assert hits["same"] >= 0.8 * hits["targets"], hits
+    assert hits["other"] <= 0.1 * hits["targets"], hits
+
+
+@pytest.fixture
+def random_weights(tmp_path):
+    import json
+
+    model = OneShotMatcher(MatcherConfig(strides=(8, 16), dim=16), pretrained=False)
+    return save_fp16(model, tmp_path / "m.safetensors",
+                     {"config": json.dumps(model.cfg.to_dict())})
+
+
+def test_feature_cache_and_reference_across_images(random_weights) -> None:
+    matcher = LearnedMatcher(weights=random_weights, threshold=0.0)
+    calls = []
+    features = matcher.model.features
+    matcher.model.features = lambda x: calls.append(x.shape) or features(x)
+    rng = np.random.default_rng(0)
+    matcher.set_image(rng.random((70, 100, 3), dtype=np.float32))   # padded to 96 x 128
+    assert calls == [(1, 3, 96, 128)]
+    ref_a = matcher.embed_reference(np.array([10, 10, 30, 30]))
+    ref_b = matcher.embed_reference(np.array([40, 20, 60, 44]))
+    boxes_a, scores_a = matcher.find(ref_a)
+    matcher.find(ref_b)
+    assert len(calls) == 1                     # new references reuse the cached features
+    assert boxes_a.shape == (len(scores_a), 4) and np.all(np.diff(scores_a) <= 0)
+    assert (boxes_a[:, [0, 2]] <= 100).all() and (boxes_a[:, [1, 3]] <= 70).all()
+    matcher.set_image(rng.random((40, 40, 3), dtype=np.float32))
+    boxes, scores = matcher.find(ref_a)          # a reference travels to another image
+    assert len(calls) == 2 and boxes.shape == (len(scores), 4)
+
+
+def test_missing_weights_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(InstannoError, match="matcher weights not found"):
+        LearnedMatcher(weights=tmp_path / "nope.safetensors")
+    matcher = LearnedMatcher.__new__(LearnedMatcher)
+    matcher.features = None
+    with pytest.raises(InstannoError, match="no image set"):
+        matcher.embed_reference(np.array([0, 0, 5, 5]))
