@@ -1,0 +1,64 @@
+"""npe2 reader: a COCO JSON or GeoJSON file opens as a Shapes layer (one per image in a COCO file)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import InstannoError
+from ..io.atomic import read_json
+from .layers import instances_to_shapes
+
+LayerData = tuple[Any, dict, str]
+
+
+def _kind(path: Path) -> str | None:
+    """"coco", "geojson" or None (not ours) for a .json / .geojson file."""
+    if path.suffix.lower() == ".geojson":
+        return "geojson"
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return None
+    try:
+        data = read_json(path, "JSON")
+    except InstannoError:
+        return None
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        return "geojson"
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        return "coco"
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "bbox" in data[0]:
+        return "coco"  # a results list
+    return None
+
+
+def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
+    """The reader for ``path`` if it is a COCO or GeoJSON file, else None (napari tries others)."""
+    if isinstance(path, list):
+        return None
+    kind = _kind(Path(path))
+    if kind is None:
+        return None
+    return read_coco_layers if kind == "coco" else read_geojson_layer
+
+
+def _layer(inst: Any, name: str) -> LayerData:
+    kwargs = instances_to_shapes(inst)
+    return kwargs.pop("data"), {**kwargs, "name": name}, "shapes"
+
+
+def read_coco_layers(path: str) -> list[LayerData]:
+    """One polygon Shapes layer per image of a COCO file, named after the image."""
+    from ..io.coco import read_coco
+
+    entries = read_coco(path)
+    stem = Path(path).stem
+    return [_layer(inst, Path(info["file_name"]).stem if "file_name" in info else stem)
+            for info, inst in entries]
+
+
+def read_geojson_layer(path: str) -> list[LayerData]:
+    """A GeoJSON FeatureCollection (pixel coordinates) as one Shapes layer."""
+    from ..io.geojson import read_geojson
+
+    return [_layer(read_geojson(path), Path(path).stem)]

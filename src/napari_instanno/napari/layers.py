@@ -1,0 +1,238 @@
+"""``Instances`` <-> napari Shapes data, and the few whole-layer edits the widget needs.
+
+Coordinates: ``Instances`` polygons are (row, col) in the pixel-CORNER frame (pixel (r, c) covers
+[r, r+1)); napari puts pixel centres on integers, so napari = ours - 0.5. Stacks carry leading
+(plane) coordinates in napari; they are dropped on the way to ``Instances``.
+
+Every edit here touches the layer in one call (setting data, features or colours for all shapes
+at once): per-shape updates are what makes Shapes layers slow past a few thousand shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..geometry import box_iou, ellipse_polygon, polygon_box
+from ..instances import STATUSES, Instances
+
+OFFSET = 0.5  # ours - napari
+STATUS_COLORS = {
+    "proposed": (1.0, 1.0, 0.0, 1.0),  # yellow
+    "accepted": (0.0, 1.0, 0.0, 1.0),  # green
+    "rejected": (1.0, 0.0, 0.0, 1.0),  # red
+}
+HIDDEN = "instanno_hidden"  # layer.metadata key: shapes below the score threshold
+IMAGE_INFO = "instanno_image"  # layer.metadata key: COCO image info (file_name, height, width)
+AREA_TYPES = ("polygon", "rectangle", "ellipse")
+
+
+def status_colors(status: Sequence[str]) -> np.ndarray:
+    """(N, 4) RGBA edge colours for review statuses (unknown ones drawn as proposed)."""
+    table = np.array([STATUS_COLORS[s] for s in STATUSES])
+    index = {s: i for i, s in enumerate(STATUSES)}
+    return table[[index.get(str(s), 0) for s in status]].reshape(-1, 4)
+
+
+def features_of(inst: Instances) -> pd.DataFrame:
+    """The per-shape features table: score, category, status."""
+    return pd.DataFrame({
+        "score": np.asarray(inst.scores, dtype=float),
+        "category": inst.category_names,
+        "status": [str(s) for s in inst.status],
+    })
+
+
+def to_napari(poly: np.ndarray, plane: Sequence[float] = ()) -> np.ndarray:
+    """A (row, col) corner-frame polygon as napari vertices, with ``plane`` coordinates in front."""
+    p = np.asarray(poly, dtype=np.float64) - OFFSET
+    if len(plane):
+        p = np.hstack([np.broadcast_to(np.asarray(plane, float), (len(p), len(plane))), p])
+    return p
+
+
+def box_to_rectangle(box: Sequence[float], plane: Sequence[float] = ()) -> np.ndarray:
+    """An (x0, y0, x1, y1) box as napari rectangle vertices."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return to_napari(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]), plane)
+
+
+def rectangle_to_box(vertices: np.ndarray) -> np.ndarray:
+    """(x0, y0, x1, y1) in the corner frame of napari shape vertices (last two columns)."""
+    return polygon_box(np.asarray(vertices, dtype=np.float64)[:, -2:] + OFFSET)
+
+
+def instances_to_shapes(inst: Instances, plane: Sequence[float] = (), edge_width: float = 1.0
+                        ) -> dict[str, Any]:
+    """Keyword arguments for ``viewer.add_shapes`` / ``Shapes`` holding ``inst`` as polygons."""
+    return {
+        "data": [to_napari(p, plane) for p in inst.polygons],
+        "shape_type": "polygon",
+        "features": features_of(inst),
+        "edge_color": status_colors(inst.status),
+        "face_color": "transparent",
+        "edge_width": edge_width,
+    }
+
+
+def shapes_to_instances(data: Sequence[np.ndarray], shape_types: Sequence[str] | str,
+                        features: pd.DataFrame | None = None) -> Instances:
+    """``Instances`` from napari Shapes data; lines and paths (no area) are skipped.
+
+    Missing features default to score 1, category "object", status "proposed".
+    """
+    n = len(data)
+    types = [shape_types] * n if isinstance(shape_types, str) else list(shape_types)
+    feats = features if features is not None and len(features) == n else pd.DataFrame(index=range(n))
+    keep = [i for i in range(n) if types[i] in AREA_TYPES and len(data[i]) >= 3]
+    polys = []
+    for i in keep:
+        p = np.asarray(data[i], dtype=np.float64)[:, -2:] + OFFSET
+        polys.append(ellipse_polygon(polygon_box(p), 32) if types[i] == "ellipse" else p)
+    names = _column(feats, "category", "object", keep)
+    cats = {k + 1: name for k, name in enumerate(dict.fromkeys(names))} or {1: "object"}
+    ids = {name: k for k, name in cats.items()}
+    status = [s if s in STATUSES else "proposed" for s in _column(feats, "status", "proposed", keep)]
+    scores = pd.to_numeric(pd.Series(_column(feats, "score", 1.0, keep), dtype=object),
+                           errors="coerce").fillna(1.0)
+    return Instances(polygons=polys, scores=scores.to_numpy(float), categories=cats,
+                     category_ids=np.array([ids[c] for c in names], dtype=np.int64),
+                     status=np.array(status, dtype=object))
+
+
+def layer_to_instances(layer: Any) -> Instances:
+    """The shown shapes of a napari Shapes layer as ``Instances``."""
+    return shapes_to_instances(layer.data, layer.shape_type, layer.features)
+
+
+def _column(feats: pd.DataFrame, name: str, default: Any, rows: list[int]) -> list:
+    if name not in feats:
+        return [default] * len(rows)
+    col = feats[name].iloc[rows].tolist()
+    return [default if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in col]
+
+
+# --- whole-layer edits ----------------------------------------------------------------------
+def set_features(layer: Any, feats: pd.DataFrame) -> None:
+    """Set ``layer.features`` keeping its defaults (napari resets them to the first row)."""
+    defaults = layer.feature_defaults
+    layer.features = feats
+    if len(defaults.columns) and set(defaults.columns) <= set(feats.columns):
+        layer.feature_defaults = defaults.iloc[0].to_dict()
+
+
+def ensure_features(layer: Any, defaults: dict[str, Any]) -> None:
+    """Give ``layer`` the feature columns of ``defaults`` (filled with them) and those defaults."""
+    feats = layer.features.copy()
+    for name, value in defaults.items():
+        dtype = object if isinstance(value, str) else type(value)
+        if name not in feats:
+            feats[name] = pd.Series([value] * len(feats), index=feats.index, dtype=dtype)
+        elif not len(feats):
+            feats[name] = feats[name].astype(dtype)
+    layer.features = feats
+    layer.feature_defaults = defaults
+
+
+def _set_all(layer: Any, data: list[np.ndarray], types: list[str], feats: pd.DataFrame) -> None:
+    """Replace every shape of ``layer`` in one call, colouring edges by status."""
+    feats = feats.reset_index(drop=True)
+    layer.data = list(zip(data, types, strict=True))
+    set_features(layer, feats)
+    if len(data):
+        layer.edge_color = status_colors(feats["status"])
+
+
+def _hidden(layer: Any) -> tuple[list[np.ndarray], list[str], pd.DataFrame]:
+    return layer.metadata.get(HIDDEN) or ([], [], pd.DataFrame(columns=["score", "category",
+                                                                        "status"]))
+
+
+def all_shapes(layer: Any) -> tuple[list[np.ndarray], list[str], pd.DataFrame]:
+    """Shown and hidden shapes of a result layer: (data, shape types, features)."""
+    hd, ht, hf = _hidden(layer)
+    feats = pd.concat([layer.features, hf], ignore_index=True) if len(hf) else layer.features
+    return list(layer.data) + hd, list(layer.shape_type) + ht, feats.reset_index(drop=True)
+
+
+def _store(layer: Any, data: list[np.ndarray], types: list[str], feats: pd.DataFrame,
+           threshold: float) -> int:
+    """Show the shapes scoring at least ``threshold``, stash the rest; returns the shown count."""
+    scores = pd.to_numeric(feats["score"], errors="coerce").fillna(1.0).to_numpy()
+    show = scores >= threshold
+    hide = np.flatnonzero(~show)
+    layer.metadata[HIDDEN] = ([data[i] for i in hide], [types[i] for i in hide],
+                              feats.iloc[hide].reset_index(drop=True))
+    idx = np.flatnonzero(show)
+    _set_all(layer, [data[i] for i in idx], [types[i] for i in idx], feats.iloc[idx])
+    return len(idx)
+
+
+def apply_threshold(layer: Any, threshold: float) -> int:
+    """Show the shapes scoring at least ``threshold``, keep the others hidden; returns shown count.
+
+    Hidden shapes live in ``layer.metadata`` (untouched by edits, not saved by writers) and come
+    back when the threshold drops; edits to shown shapes are kept.
+    """
+    data, types, feats = all_shapes(layer)
+    if not len(data):
+        return 0
+    return _store(layer, data, types, feats, threshold)
+
+
+def add_instances(layer: Any, inst: Instances, plane: Sequence[float] = (), threshold: float = 0.0,
+                  replace_category: str | None = None, iou: float = 0.5) -> int:
+    """Add ``inst`` to a result layer, rebuilding it in one call; returns how many were added.
+
+    With ``replace_category``, earlier *proposed* shapes of that category (shown or hidden) are
+    replaced; reviewed ones stay, and new shapes overlapping a kept one of the same category
+    (box IoU >= ``iou``) are not added twice. Shapes scoring below ``threshold`` are stashed.
+    """
+    data, types, feats = all_shapes(layer)
+    if replace_category is not None and len(feats):
+        drop = (feats["category"] == replace_category) & (feats["status"] == "proposed")
+        keep = np.flatnonzero(~drop.to_numpy())
+        data, types, feats = [data[i] for i in keep], [types[i] for i in keep], feats.iloc[keep]
+        same = np.flatnonzero((feats["category"] == replace_category).to_numpy())
+        if len(same) and len(inst):
+            old = np.stack([rectangle_to_box(data[i]) for i in same])
+            inst = inst[np.flatnonzero(box_iou(inst.boxes, old).max(axis=1) < iou)]
+    new = instances_to_shapes(inst, plane)
+    _store(layer, data + new["data"], types + ["polygon"] * len(inst),
+           pd.concat([feats, new["features"]], ignore_index=True), threshold)
+    return len(inst)
+
+
+def set_status(layer: Any, indices: Sequence[int], status: str) -> None:
+    """Set the review status of the shapes at ``indices`` and recolour them."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    idx = sorted(int(i) for i in indices)
+    if not idx:
+        return
+    feats = layer.features
+    feats.loc[idx, "status"] = status
+    set_features(layer, feats)
+    layer.edge_color = status_colors(feats["status"])
+
+
+def replace_polygons(layer: Any, indices: Sequence[int], polygons: Sequence[np.ndarray]) -> list[int]:
+    """Replace the shapes at ``indices`` by ``polygons`` (corner frame), keeping their features.
+
+    Only those shapes are touched (removed and added again at the end); returns their new indices.
+    """
+    idx = [int(i) for i in indices]
+    if not idx:
+        return []
+    old = [np.asarray(layer.data[i]) for i in idx]
+    moved = layer.features.iloc[idx].reset_index(drop=True)
+    layer.selected_data = set(idx)
+    layer.remove_selected()
+    rest = layer.features.reset_index(drop=True)
+    layer.add([to_napari(p, o[0, :-2]) for p, o in zip(polygons, old, strict=True)],
+              shape_type="polygon", edge_color=status_colors(moved["status"]))
+    set_features(layer, pd.concat([rest, moved], ignore_index=True))
+    return list(range(len(rest), len(rest) + len(idx)))
