@@ -86,6 +86,25 @@ def test_predict_bad_input_is_one_line(tmp_path, disc_png, capsys):
     assert len(err) == 2 and "does not exist" in err[0] and "outside" in err[1]
 
 
+def test_predict_tiled_zarr_matches_untiled(tmp_path):
+    import zarr
+
+    img, centres = disc_scene(size=512, spacing=32)
+    store = zarr.open(str(tmp_path / "discs.zarr"), mode="w", shape=img.shape, chunks=(100, 100),
+                      dtype="f4")
+    store[:] = img
+    r, c = centres[40]
+    common = ["--ref-box", str(c - 10), str(r - 10), "20", "20", *FAST]
+    assert main(["predict", str(tmp_path / "discs.zarr"), "--out", str(tmp_path / "a.json"),
+                 *common]) == 0
+    assert main(["predict", str(tmp_path / "discs.zarr"), "--out", str(tmp_path / "b.json"),
+                 "--tile-size", "128", "--checkpoint", str(tmp_path / "ckpt"), *common]) == 0
+    whole = json.loads((tmp_path / "a.json").read_text())
+    tiled = json.loads((tmp_path / "b.json").read_text())
+    assert len(whole) == len(tiled) == len(centres)
+    assert any((tmp_path / "ckpt").iterdir())
+
+
 def test_evaluate_both_modes_on_discs(disc_dataset, tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["evaluate", str(disc_dataset), "--json", str(out), *FAST]) == 0

@@ -11,6 +11,8 @@ import numpy as np
 
 from .errors import InstannoError
 
+LARGE_PIXELS = 4096 * 4096  # above this, images are processed in tiles and never loaded whole
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="instanno", description=__doc__)
@@ -31,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _model_args(pr)
     pr.add_argument("--level", type=int, default=0, help="multiscale level to read")
+    tiles = pr.add_argument_group("large images (tiled; automatic above 4096x4096 pixels)")
+    tiles.add_argument("--tile-size", type=int, default=None, help="tile core size in pixels")
+    tiles.add_argument("--scheduler", default=None,
+                       help="dask.distributed scheduler address (default: local threads)")
+    tiles.add_argument("--checkpoint", default=None,
+                       help="folder keeping finished tiles; rerun with it to resume")
+    tiles.add_argument("--table", default=None, help="also stream every instance to this parquet file")
 
     ev = sub.add_parser("evaluate", help="benchmark on a COCO folder")
     ev.add_argument("dataset", help="folder with annotations.json and images/")
@@ -64,6 +73,22 @@ def _xywh(v: list[float]) -> np.ndarray:
     return xywh_to_xyxy(v)
 
 
+def _outline_one(ann: object, data: object, box: np.ndarray, large: bool) -> np.ndarray:
+    """The polygon for ``box``; a large image is read only in a window around it."""
+    from .image import check_box
+    from .inference.sources import as_source
+
+    if not large:
+        ann.set_image(np.asarray(data))
+        return ann.box_to_polygon(box)
+    source = as_source(data)
+    b = check_box(box, source.shape)
+    pad = np.concatenate([-(b[2:] - b[:2]), b[2:] - b[:2]])
+    x0, y0, x1, y1 = np.clip(b + pad, 0, [*source.shape[::-1]] * 2).astype(int)
+    ann.set_image(source.read(y0, y1, x0, x1), value_range=source.value_range())
+    return ann.box_to_polygon(b - [x0, y0, x0, y0]) + [y0, x0]
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     from .inference.annotator import Annotator
     from .instances import Instances
@@ -71,18 +96,35 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     opened = open_image(a.image, level=a.level)
     fmt = a.format or ("geojson" if a.out.lower().endswith((".geojson", ".geo.json")) else "coco")
+    h, w = opened.data.shape[:2]
+    large = h * w > LARGE_PIXELS
+    tiled = large or any(v is not None for v in (a.tile_size, a.scheduler, a.checkpoint, a.table))
     ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device)
-    ann.set_image(np.asarray(opened.data))
-    if a.ref_box is not None:
-        inst = ann.find_similar(_xywh(a.ref_box), a.score_threshold, a.category)
+    if a.box is not None:
+        poly = _outline_one(ann, opened.data, _xywh(a.box), large)
+        inst = Instances(polygons=[poly], categories={1: a.category})
+    elif tiled:
+        from .inference.tiling import find_similar_tiled, tqdm_progress
+
+        progress = tqdm_progress()
+        try:
+            inst = find_similar_tiled(
+                ann, opened.data, _xywh(a.ref_box), tile_size=a.tile_size or 1024,
+                category=a.category, score_threshold=a.score_threshold, scheduler=a.scheduler,
+                progress=progress, checkpoint=a.checkpoint, table=a.table)
+        finally:
+            progress.close()
     else:
-        inst = Instances(polygons=[ann.box_to_polygon(_xywh(a.box))], categories={1: a.category})
+        ann.set_image(np.asarray(opened.data))
+        inst = ann.find_similar(_xywh(a.ref_box), a.score_threshold, a.category)
     if fmt == "geojson":
         inst.to_geojson(a.out, transform=opened.transform, crs=opened.crs, overwrite=a.overwrite)
     else:
         from .io.atomic import write_json_atomic
 
-        write_json_atomic(a.out, inst.to_coco_results(1, shape=ann.image_shape), a.overwrite)
+        # RLE (what COCOeval loads) for ordinary images; polygons for huge ones
+        shape = None if tiled else (h, w)
+        write_json_atomic(a.out, inst.to_coco_results(1, shape=shape), a.overwrite)
     print(f"{len(inst)} instance(s) -> {a.out}")
     return 0
 
