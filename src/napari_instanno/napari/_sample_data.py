@@ -10,7 +10,7 @@ import numpy as np
 
 from .layers import box_to_rectangle
 
-COINS_REF_BOX = (20.0, 255.0, 80.0, 315.0)  # (x0, y0, x1, y1): one coin, bottom left
+COINS_REF_BOX = (184.0, 103.0, 228.0, 146.0)  # (x0, y0, x1, y1): one mid-sized coin
 REFERENCE = "reference"
 
 

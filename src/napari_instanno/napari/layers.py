@@ -189,7 +189,8 @@ def add_instances(layer: Any, inst: Instances, plane: Sequence[float] = (), thre
 
     With ``replace_category``, earlier *proposed* shapes of that category (shown or hidden) are
     replaced; reviewed ones stay, and new shapes overlapping a kept one of the same category
-    (box IoU >= ``iou``) are not added twice. Shapes scoring below ``threshold`` are stashed.
+    (IoU of the polygons' boxes >= ``iou``) are not added twice. Shapes scoring below
+    ``threshold`` are stashed.
     """
     data, types, feats = all_shapes(layer)
     if replace_category is not None and len(feats):
@@ -199,7 +200,8 @@ def add_instances(layer: Any, inst: Instances, plane: Sequence[float] = (), thre
         same = np.flatnonzero((feats["category"] == replace_category).to_numpy())
         if len(same) and len(inst):
             old = np.stack([rectangle_to_box(data[i]) for i in same])
-            inst = inst[np.flatnonzero(box_iou(inst.boxes, old).max(axis=1) < iou)]
+            new_boxes = np.stack([polygon_box(p) for p in inst.polygons])
+            inst = inst[np.flatnonzero(box_iou(new_boxes, old).max(axis=1) < iou)]
     new = instances_to_shapes(inst, plane)
     _store(layer, data + new["data"], types + ["polygon"] * len(inst),
            pd.concat([feats, new["features"]], ignore_index=True), threshold)

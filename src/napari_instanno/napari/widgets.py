@@ -28,10 +28,11 @@ from magicgui.widgets import (
 from napari.layers import Shapes
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import InstannoError
+from ..geometry import polygon_area
 from ..image import check_box
 from ..instances import Instances
 from ._reader import get_reader
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 TILED_ABOVE = 4096 * 4096  # in-memory planes larger than this go through tiling too
 ACCEPT_KEY, REJECT_KEY = "y", "n"
+MIN_AREA = 1.0  # a refined polygon smaller than this (px^2) is a collapse: keep the user's one
 
 
 class _Signals(QObject):
@@ -125,6 +127,12 @@ class FindSimilarWidget(Container):
         self._save_geojson.changed.connect(lambda: self._ask_save("geojson"))
         self._load.changed.connect(self._ask_load)
         self._image.changed.connect(self._on_image)
+        self._on_image(self._image.value)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a background job is running."""
+        return self._worker is not None
 
     # --- layers --------------------------------------------------------------------------
     @property
@@ -161,7 +169,7 @@ class FindSimilarWidget(Container):
         else:
             h, w = self._plane(image)[0].shape[:2]
             layer = self._viewer.add_shapes(
-                ndim=image.ndim, name=name, face_color="transparent",
+                ndim=image.ndim, name=name, face_color="transparent", opacity=1.0,
                 edge_width=max(1.0, max(h, w) / 512), scale=image.scale, translate=image.translate,
                 metadata={IMAGE_INFO: {"file_name": _file_name(image), "height": int(h),
                                        "width": int(w)}})
@@ -213,10 +221,11 @@ class FindSimilarWidget(Container):
             return None
         self._stop = threading.Event()
         stop, emit = self._stop, self._signals.progress.emit
-        worker = create_worker(work, emit, stop.is_set, _start_thread=False)
-        worker.returned.connect(lambda result: None if stop.is_set() else done(result))
-        worker.errored.connect(lambda err: self._on_error(what, err))
-        worker.finished.connect(self._on_finished)
+        worker = create_worker(work, emit, stop.is_set, _start_thread=False, _connect={
+            "returned": lambda result: None if stop.is_set() else done(result),
+            "errored": lambda err: self._on_error(what, err),  # instead of re-raising
+            "finished": self._on_finished,
+        })
         self._worker = worker
         self._pbar = progress(total=0, desc=what)
         self._bar.value, self._bar.max = 0, 0
@@ -406,8 +415,13 @@ class FindSimilarWidget(Container):
             if not same:
                 show_error("the shapes changed while refining; select them and refine again")
                 return
-            layer.selected_data = set(replace_polygons(layer, sel, polys))
-            self._info.value = f"{len(polys)} polygon(s) refined"
+            bad = [k for k, p in enumerate(polys) if polygon_area(p) < MIN_AREA]
+            if bad:
+                show_warning(f"refine collapsed {len(bad)} polygon(s); they are kept as drawn")
+            keep = [k for k in range(len(polys)) if k not in bad]
+            new = replace_polygons(layer, [sel[k] for k in keep], [polys[k] for k in keep])
+            layer.selected_data = set(new)
+            self._info.value = f"{len(keep)} polygon(s) refined"
 
         return self._start("Refine", work, done)
 

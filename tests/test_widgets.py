@@ -1,0 +1,299 @@
+"""The "Find similar" widget in a real (headless) viewer: reference -> polygons -> review -> save ->
+reopen, plus bad input, errors, cancel and stacks. NCC + Otsu keep it fast and deterministic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+# torch pulls in triton; loading triton after Mesa's GL context exists segfaults (LLVM clash), so
+# it is loaded before any viewer is made.
+import torchvision  # noqa: F401
+from napari.utils.notifications import notification_manager
+
+from napari_instanno import InstannoError
+from napari_instanno.geometry import ellipse_polygon, polygon_box
+from napari_instanno.inference.annotator import Annotator
+from napari_instanno.napari.layers import (
+    HIDDEN,
+    STATUS_COLORS,
+    box_to_rectangle,
+    layer_to_instances,
+    rectangle_to_box,
+    replace_polygons,
+)
+from napari_instanno.napari.widgets import FindSimilarWidget
+
+pytestmark = pytest.mark.gui
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def setup(make_napari_viewer, qtbot, request):
+    """A viewer with the nuclei sample (image + preset reference) and the docked widget."""
+    viewer = make_napari_viewer(show=getattr(request, "param", False))
+    viewer.open_sample("napari-instanno", "nuclei")
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    return viewer, widget, qtbot
+
+
+def _wait(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+
+
+def _run(viewer, widget, qtbot):
+    assert widget.run() is not None
+    _wait(qtbot, widget)
+    return viewer.layers["nuclei instances"]
+
+
+def _errors_since(n: int) -> list[str]:
+    return [str(r.message) for r in notification_manager.records[n:]
+            if r.severity.name == "ERROR"]
+
+
+def _colour_pixels(shot: np.ndarray, rgb: tuple[float, ...]) -> np.ndarray:
+    """(row, col) of screenshot pixels within 60/255 of an edge colour."""
+    target = np.array(rgb[:3]) * 255
+    return np.argwhere(np.abs(shot[..., :3].astype(int) - target).max(axis=-1) < 60)
+
+
+@pytest.mark.parametrize("setup", [True], indirect=True)  # shown: screenshots need a drawn canvas
+def test_run_gives_polygons_with_features_and_the_screenshot_shows_them(setup):
+    viewer, widget, qtbot = setup
+    assert widget._image.value.name == "nuclei"
+    assert widget._matcher.choices[:2] in (("ncc", "cosine"), ("learned", "ncc"))
+    viewer.reset_view()
+    before = viewer.screenshot(canvas_only=True)
+    assert len(_colour_pixels(before, STATUS_COLORS["proposed"])) == 0
+
+    layer = _run(viewer, widget, qtbot)
+    n = len(layer.data)
+    assert n >= 40  # the image holds 92 nuclei; NCC finds most
+    assert set(layer.shape_type) == {"polygon"}
+    feats = layer.features
+    assert list(feats.columns) == ["score", "category", "status"]
+    assert set(feats["status"]) == {"proposed"} and set(feats["category"]) == {"object"}
+    assert feats["score"].between(0, 1).all() and feats["score"].max() == pytest.approx(1.0)
+    assert np.allclose(layer.edge_color, STATUS_COLORS["proposed"])
+    # polygons sit on nuclei: bright pixels inside, dark around
+    image = viewer.layers["nuclei"].data
+    masks = layer_to_instances(layer).to_masks(image.shape)
+    inside = image[masks.any(axis=0)].mean()
+    assert inside > 3 * image[~masks.any(axis=0)].mean()
+
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True)
+    yellow = _colour_pixels(shot, STATUS_COLORS["proposed"])
+    assert len(yellow) > 20 * n
+    # every polygon's vertices map onto yellow screen pixels (camera: world -> canvas)
+    centre, zoom = np.array(viewer.camera.center[-2:]), viewer.camera.zoom
+    half = np.array(shot.shape[:2]) / 2
+    hits = 0
+    for poly in layer.data[:20]:
+        screen = (np.asarray(poly)[:, -2:] - centre) * zoom + half
+        d = np.abs(yellow[None, :, :] - screen[:, None, :]).max(axis=-1).min(axis=1)
+        hits += np.mean(d <= 3) > 0.8
+    assert hits >= 18
+
+
+def test_threshold_review_keys_and_categories(setup):
+    viewer, widget, qtbot = setup
+    layer = _run(viewer, widget, qtbot)
+    n = len(layer.data)
+    scores = np.sort(layer.features["score"].to_numpy())
+    widget._threshold.value = 0.7
+    assert len(layer.data) == int((scores >= 0.7).sum()) < n
+    assert (layer.features["score"] >= 0.7).all()
+    assert len(layer.metadata[HIDDEN][0]) == n - len(layer.data)
+    widget._threshold.value = 0.0
+    assert len(layer.data) == n and np.allclose(np.sort(layer.features["score"]), scores)
+
+    layer.selected_data = {0, 1}
+    widget.accept_selected()
+    keys = {str(k): f for k, f in layer.keymap.items()}
+    layer.selected_data = {2}
+    keys["N"](layer)  # the reject shortcut bound on the layer
+    status = layer.features["status"]
+    assert status[:3].tolist() == ["accepted", "accepted", "rejected"]
+    assert np.allclose(layer.edge_color[:2], STATUS_COLORS["accepted"])
+    assert np.allclose(layer.edge_color[2], STATUS_COLORS["rejected"])
+    layer.selected_data = {3}
+    keys["Y"](layer)
+    assert layer.features["status"][3] == "accepted"
+
+    # a second category in the same layer; re-running "object" keeps the reviewed shapes
+    ref = viewer.layers["reference"]
+    ref.add_rectangles([box_to_rectangle([10, 10, 40, 40])])  # a large, different template
+    widget._category.value = "blob"
+    _run(viewer, widget, qtbot)
+    assert set(layer.features["category"]) == {"object", "blob"}
+    ref.selected_data = {0}  # the preset nucleus box again
+    widget._category.value = "object"
+    _run(viewer, widget, qtbot)
+    obj = layer.features[layer.features["category"] == "object"]
+    assert (obj["status"] == "accepted").sum() == 3 and (obj["status"] == "rejected").sum() == 1
+    assert len(obj) == n  # the same proposals again, none twice
+
+    widget.accept_all()
+    st = layer.features["status"]
+    assert (st == "proposed").sum() == 0 and (st == "rejected").sum() == 1
+
+
+def test_box_to_polygon_and_refine(setup, monkeypatch):
+    viewer, widget, qtbot = setup
+    layer = _run(viewer, widget, qtbot)
+    n = len(layer.data)
+    ref = viewer.layers["reference"]
+    box = rectangle_to_box(ref.data[0])
+    ref.add_rectangles([box_to_rectangle(box)])
+    ref.selected_data = {1}
+    widget.box_to_polygon()
+    _wait(qtbot, widget)
+    assert len(layer.data) == n + 1 and len(ref.data) == 1  # the drawn box became a polygon
+    assert layer.features["status"].iloc[-1] == "accepted"
+    poly = layer_to_instances(layer).polygons[-1]
+    x0, y0, x1, y1 = box
+    inside = (poly[:, 1] >= x0 - 1) & (poly[:, 1] <= x1 + 1) & (poly[:, 0] >= y0 - 1) & (
+        poly[:, 0] <= y1 + 1)
+    assert inside.all()
+
+    # the user drags a polygon too wide, then refines it: the layer gets Annotator.refine's answer
+    widget._outliner.value = "ellipse"
+    good = layer_to_instances(layer).polygons[0]
+    wide = good.mean(axis=0) + 1.4 * (good - good.mean(axis=0))
+    idx = replace_polygons(layer, [0], [wide])
+    layer.selected_data = set(idx)
+    widget.refine_selected()
+    _wait(qtbot, widget)
+    assert len(layer.data) == n + 1 and layer.selected_data == set(idx)
+    expected = ellipse_polygon(polygon_box(wide), 32)
+    assert np.allclose(layer_to_instances(layer).polygons[idx[0]], expected)
+    assert layer.features["score"].iloc[idx[0]] == pytest.approx(1.0)  # features kept
+
+    # a refine that collapses a polygon leaves the user's polygon as it was
+    monkeypatch.setattr(Annotator, "refine", lambda self, p: np.zeros((3, 2)))
+    n_notes = len(notification_manager.records)
+    widget.refine_selected()
+    _wait(qtbot, widget)
+    assert np.allclose(layer_to_instances(layer).polygons[idx[0]], expected)
+    assert any("collapsed" in str(r.message) for r in notification_manager.records[n_notes:])
+
+
+def test_save_reopen_and_save_layers(setup, tmp_path):
+    from pycocotools.coco import COCO
+
+    viewer, widget, qtbot = setup
+    layer = _run(viewer, widget, qtbot)
+    layer.selected_data = {0}
+    widget.reject_selected()
+    widget._threshold.value = 0.5  # hidden shapes are not saved
+    shown = layer_to_instances(layer)
+    for name in ("session.json", "session.geojson"):
+        path = widget.save(tmp_path / name)
+        assert path is not None and path.is_file()
+        reopened = viewer.open(str(path), plugin="napari-instanno")[0]
+        back = layer_to_instances(reopened)
+        assert len(back) == len(shown)
+        for p, q in zip(shown.polygons, back.polygons, strict=True):
+            assert np.allclose(p, q, atol=1e-3)
+        assert back.status.tolist() == shown.status.tolist()
+        assert np.allclose(back.scores, shown.scores)
+        assert back.category_names == shown.category_names
+    coco = COCO(str(tmp_path / "session.json"))
+    assert coco.imgs[1]["height"] == 256 and coco.imgs[1]["width"] == 256
+
+    # File > Save Layers goes through the npe2 writers
+    viewer.layers.selection = {layer}
+    saved = viewer.layers.save(str(tmp_path / "layers.json"), selected=True,
+                               plugin="napari-instanno")
+    assert saved == [str(tmp_path / "layers.json")]
+    coco = COCO(saved[0])
+    assert len(coco.anns) == len(layer.data) and coco.imgs[1]["file_name"].startswith("nuclei")
+    mask = coco.annToMask(coco.anns[1])
+    assert mask.shape == (256, 256) and mask.sum() > 0
+    saved = viewer.layers.save(str(tmp_path / "layers.geojson"), selected=True,
+                               plugin="napari-instanno")
+    assert len(layer_to_instances(viewer.open(saved[0], plugin="napari-instanno")[0])) == len(
+        layer.data)
+    # loading adds to the result layer instead of replacing it
+    assert widget.load(tmp_path / "session.geojson") == len(shown)
+
+
+def test_bad_reference_notifies_and_keeps_annotations(setup):
+    viewer, widget, qtbot = setup
+    layer = _run(viewer, widget, qtbot)
+    before = [np.array(d) for d in layer.data]
+    ref = viewer.layers["reference"]
+    ref.add_rectangles([box_to_rectangle([300, 300, 340, 330])])  # outside the 256x256 image
+    ref.selected_data = {1}
+    n = len(notification_manager.records)
+    assert widget.run() is None
+    assert any("outside" in m for m in _errors_since(n))
+    assert len(layer.data) == len(before)
+    assert all(np.array_equal(a, b) for a, b in zip(before, layer.data, strict=True))
+    viewer.layers.remove(ref)
+    n = len(notification_manager.records)
+    assert widget.run() is None
+    assert any("no reference box" in m for m in _errors_since(n))
+
+
+def test_worker_errors_and_cancel_keep_annotations(setup, monkeypatch):
+    viewer, widget, qtbot = setup
+    layer = _run(viewer, widget, qtbot)
+    count = len(layer.data)
+
+    def boom(*args, **kwargs):
+        raise InstannoError("the matcher ran out of ideas")
+
+    monkeypatch.setattr(Annotator, "find_similar", boom)
+    n = len(notification_manager.records)
+    _run(viewer, widget, qtbot)
+    assert any("ran out of ideas" in m for m in _errors_since(n))
+    assert len(layer.data) == count
+    monkeypatch.setattr(Annotator, "find_similar", lambda *a, **k: 1 / 0)
+    n = len(notification_manager.records)
+    _run(viewer, widget, qtbot)
+    assert any("ZeroDivisionError" in m for m in _errors_since(n))
+    monkeypatch.undo()
+
+    widget._category.value = "other"
+    assert widget.run() is not None
+    widget.cancel()
+    _wait(qtbot, widget)
+    assert len(layer.data) == count and "cancelled" in widget._info.value
+    assert widget._run.enabled
+
+
+@pytest.mark.parametrize("kind", ["stack_uint16", "rgb_float"])
+def test_stacks_and_other_dtypes(make_napari_viewer, qtbot, kind, discs):
+    discs, centres = discs  # 128 x 128, 16 bright discs
+    viewer = make_napari_viewer()
+    if kind == "stack_uint16":
+        stack = np.zeros((3, 128, 128), np.float32)
+        stack[1] = discs
+        stack[0] = np.roll(discs, 16, axis=1)
+        image = viewer.add_image((np.clip(stack, 0, None) * 4000).astype(np.uint16), name="img")
+        viewer.dims.set_current_step(0, 1)
+    else:
+        rgb = np.stack([discs, discs * 0.5, 1 - discs], axis=-1).astype(np.float32)
+        image = viewer.add_image(rgb, name="img", rgb=True)
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    ref = viewer.layers["reference"]  # made by the widget for the new image
+    assert ref.ndim == image.ndim and ref.mode == "add_rectangle"
+    r, c = centres[5]
+    plane = (1,) if kind == "stack_uint16" else ()
+    ref.add_rectangles([box_to_rectangle([c - 10, r - 10, c + 10, r + 10], plane)])
+    assert widget.run() is not None
+    _wait(qtbot, widget)
+    layer = viewer.layers["img instances"]
+    assert len(layer.data) == len(centres)
+    found = layer_to_instances(layer)
+    got = np.sort(np.array([p.mean(axis=0) for p in found.polygons]), axis=0)
+    assert np.allclose(got, np.sort(np.array(centres), axis=0), atol=1.0)
+    if plane:
+        assert all((np.asarray(d)[:, 0] == 1).all() for d in layer.data)
