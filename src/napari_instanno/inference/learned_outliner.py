@@ -1,0 +1,97 @@
+"""The learned outliner: the contour regressor behind the ``Outliner`` protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InstannoError
+from ..geometry import polygon_box, resample_polygon, simplify
+from ..models.contour import ContourRegressor
+from ..models.weights import load_safetensors, shipped_path
+from ..training.losses import signed_area
+
+
+def load_contour_model(weights: str | Path | None = None, device: str = "cpu"
+                       ) -> ContourRegressor:
+    """The contour regressor from ``weights`` (default: the shipped ``models/contour``), in eval mode."""
+    path = Path(weights) if weights is not None else shipped_path("contour")
+    if path is None or not path.is_file():
+        raise InstannoError(
+            f"contour weights not found ({path or 'models/contour.safetensors'}); train them with "
+            "`instanno train contour --config configs/contour.yaml` or choose outliner='otsu'")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            shape = json.loads((fh.metadata() or {}).get("model", "{}"))
+    except Exception as err:
+        raise InstannoError(f"cannot read contour weights {path}: {err}") from err
+    model = ContourRegressor(**shape, pretrained=False)
+    load_safetensors(model, path)
+    return model.eval().to(device)
+
+
+class LearnedOutliner:
+    """Box -> polygon with the contour regressor; ``refine`` restarts it from a given polygon.
+
+    ``tolerance`` (pixels) simplifies the output with Douglas-Peucker; 0 keeps all N vertices.
+    """
+
+    def __init__(self, device: str = "cpu", weights: str | Path | None = None,
+                 tolerance: float = 0.7, batch_size: int = 256, **_: object) -> None:
+        self.device = device
+        self.model = load_contour_model(weights, device)
+        self.tolerance = tolerance
+        self.batch_size = batch_size
+        self.image: torch.Tensor | None = None
+
+    def set_image(self, rgb: np.ndarray) -> None:
+        arr = np.ascontiguousarray(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1))
+        self.image = torch.from_numpy(arr)[None].to(self.device)
+
+    @torch.inference_mode()
+    def _run(self, boxes: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
+        """(B, N, 2) image (row, col) polygons for boxes, from the ellipse or from ``init``."""
+        if self.image is None:
+            raise InstannoError("no image set; call set_image(rgb) first")
+        m = self.model
+        out = []
+        for start in range(0, len(boxes), self.batch_size):
+            b = torch.as_tensor(boxes[start:start + self.batch_size], dtype=torch.float32,
+                                device=self.device)
+            windows = m.crop_boxes(b)
+            crops = m.crop(self.image, windows)
+            if init is None:
+                start_poly = m.initial_ellipse(len(b), self.device)
+            else:
+                chunk = torch.as_tensor(init[start:start + self.batch_size], dtype=torch.float32,
+                                        device=self.device)
+                start_poly = m.to_crop(chunk, windows)
+            polys, _ = m(crops, start_poly)
+            out.append(m.from_crop(polys[-1], windows).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, m.n_vertices, 2))
+
+    def _finish(self, polys: np.ndarray) -> list[np.ndarray]:
+        if self.tolerance > 0:
+            return [simplify(p, self.tolerance) for p in polys]
+        return list(polys)
+
+    def outline(self, boxes: np.ndarray) -> list[np.ndarray]:
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        return self._finish(self._run(b)) if len(b) else []
+
+    def refine(self, polygons: list[np.ndarray]) -> list[np.ndarray]:
+        if not polygons:
+            return []
+        n = self.model.n_vertices
+        ring = torch.as_tensor(np.stack([resample_polygon(p, n) for p in polygons]))
+        ellipse = self.model.initial_ellipse(1)
+        flip = torch.sign(signed_area(ring)) != torch.sign(signed_area(ellipse.double()))
+        ring = torch.where(flip[:, None, None], ring.flip(1), ring).numpy()
+        boxes = np.stack([polygon_box(p) for p in ring])
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1.0)
+        return self._finish(self._run(boxes, ring))
