@@ -11,7 +11,7 @@ from napari_instanno.instances import Instances
 napari = pytest.importorskip("napari")
 from napari.components import ViewerModel  # noqa: E402
 
-from napari_instanno.napari.large_layers import LevelOfDetail, select_visible  # noqa: E402
+from napari_instanno.napari.large_layers import LevelOfDetail, camera, select_visible  # noqa: E402
 
 N, SIDE = 20_000, 4000
 
@@ -39,8 +39,8 @@ def test_overview_when_zoomed_out_polygons_when_zoomed_in_and_edits_kept():
     assert lod.points.visible and not lod.shapes.visible
     assert len(lod.points.data) == N and len(lod.shapes.data) == 0
 
-    viewer.camera.center = (2000, 2000)
-    viewer.camera.zoom = 2.0  # a 400 x 300 view
+    camera(viewer).center = (2000, 2000)
+    camera(viewer).zoom = 2.0  # a 400 x 300 view
     assert lod.shapes.visible and not lod.points.visible
     shown = len(lod.shapes.data)
     assert 0 < shown <= 2000
@@ -59,12 +59,12 @@ def test_overview_when_zoomed_out_polygons_when_zoomed_in_and_edits_kept():
     lod.shapes.selected_data = {1}
     lod.shapes.remove_selected()
 
-    viewer.camera.center = (500, 500)  # away: the layer is rebuilt, the edits go to the full set
-    viewer.camera.zoom = 2.0
+    camera(viewer).center = (500, 500)  # away: the layer is rebuilt, the edits go to the full set
+    camera(viewer).zoom = 2.0
     full = lod.instances()
     assert len(full) == N - 1
     assert any(p.shape == moved.shape and np.allclose(p - 0.5, moved) for p in full.polygons)
     assert (full.status == "accepted").sum() == 1
-    viewer.camera.zoom = 0.1  # zoomed out again: overview of everything kept
+    camera(viewer).zoom = 0.1  # zoomed out again: overview of everything kept
     assert lod.points.visible and len(lod.points.data) == N - 1
     lod.close()

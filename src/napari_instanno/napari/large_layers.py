@@ -31,11 +31,18 @@ from .layers import (
 INDEX = "instance"  # Shapes feature column: the shape's index in the full Instances (-1: new)
 
 
+def camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def visible_region(viewer: Any) -> tuple[float, float, float, float]:
     """(y0, y1, x0, x1) of the data visible on the canvas (world = data coordinates)."""
-    cy, cx = viewer.camera.center[-2:]
+    cam = camera(viewer)
+    cy, cx = cam.center[-2:]
     h, w = viewer.canvas.size
-    zoom = max(float(viewer.camera.zoom), 1e-9)
+    zoom = max(float(cam.zoom), 1e-9)
     return cy - h / 2 / zoom, cy + h / 2 / zoom, cx - w / 2 / zoom, cx + w / 2 / zoom
 
 
@@ -73,14 +80,14 @@ class LevelOfDetail:
                                         border_width=0, visible=False)
         self.shapes = viewer.add_shapes(name=name, face_color="transparent",
                                         edge_width=edge_width)
-        viewer.camera.events.zoom.connect(self.update)
-        viewer.camera.events.center.connect(self.update)
+        camera(viewer).events.zoom.connect(self.update)
+        camera(viewer).events.center.connect(self.update)
         self.update()
 
     def close(self) -> None:
         """Stop following the camera."""
-        self.viewer.camera.events.zoom.disconnect(self.update)
-        self.viewer.camera.events.center.disconnect(self.update)
+        camera(self.viewer).events.zoom.disconnect(self.update)
+        camera(self.viewer).events.center.disconnect(self.update)
 
     def update(self, event: Any = None) -> None:
         """Redraw for the current view if it left the drawn region (called on camera moves)."""
