@@ -25,6 +25,7 @@ from napari_instanno.napari.layers import (
     rectangle_to_box,
     replace_polygons,
     set_status,
+    status_colors,
 )
 
 
@@ -85,6 +86,8 @@ def test_threshold_stashes_and_restores_keeping_edits():
     assert apply_threshold(layer, 0.0) == 5
     assert len(layer.metadata[HIDDEN][0]) == 0
     assert layer.features["status"].tolist().count("rejected") == 2
+    assert np.allclose(layer.edge_color, status_colors(layer.features["status"]))
+    assert sorted(layer.features["score"]) == sorted(_squares().scores)
     assert apply_threshold(layer, 0.9) == 1
     assert len(layer_to_instances(layer)) == 1  # writers see only what is shown
 

@@ -297,3 +297,38 @@ def test_stacks_and_other_dtypes(make_napari_viewer, qtbot, kind, discs):
     assert np.allclose(got, np.sort(np.array(centres), axis=0), atol=1.0)
     if plane:
         assert all((np.asarray(d)[:, 0] == 1).all() for d in layer.data)
+
+
+def test_lazy_image_goes_through_tiling(make_napari_viewer, qtbot, discs, monkeypatch):
+    import dask.array as da
+
+    from napari_instanno.inference import tiling
+
+    calls = []
+    real = tiling.find_similar_tiled
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiling, "find_similar_tiled", spy)
+    image, centres = discs
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(image, chunks=64), name="lazy")
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    r, c = centres[0]
+    viewer.layers["reference"].add_rectangles([box_to_rectangle([c - 10, r - 10, c + 10, r + 10])])
+    steps = []
+    widget._signals.progress.connect(lambda done, total: steps.append((done, total)))
+    assert widget.run() is not None
+    _wait(qtbot, widget)
+    assert len(calls) == 1 and callable(calls[0]["cancel"])
+    assert steps[-1][0] == steps[-1][1] > 0
+    layer = viewer.layers["lazy instances"]
+    assert len(layer.data) == len(centres)
+    # a hand-drawn polygon gets the default features and their colour
+    layer.add_polygons([np.array([[1.0, 1.0], [1.0, 5.0], [5.0, 5.0]])])
+    assert layer.features["status"].iloc[-1] == "accepted"
+    assert np.allclose(layer.edge_color[-1], STATUS_COLORS["accepted"])

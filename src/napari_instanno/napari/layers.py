@@ -144,6 +144,9 @@ def _set_all(layer: Any, data: list[np.ndarray], types: list[str], feats: pd.Dat
     set_features(layer, feats)
     if len(data):
         layer.edge_color = status_colors(feats["status"])
+    defaults = layer.feature_defaults
+    if "status" in defaults:  # shapes drawn by hand get the colour of their default status
+        layer.current_edge_color = status_colors(defaults["status"].tolist())[0]
 
 
 def _hidden(layer: Any) -> tuple[list[np.ndarray], list[str], pd.DataFrame]:
@@ -161,8 +164,7 @@ def all_shapes(layer: Any) -> tuple[list[np.ndarray], list[str], pd.DataFrame]:
 def _store(layer: Any, data: list[np.ndarray], types: list[str], feats: pd.DataFrame,
            threshold: float) -> int:
     """Show the shapes scoring at least ``threshold``, stash the rest; returns the shown count."""
-    scores = pd.to_numeric(feats["score"], errors="coerce").fillna(1.0).to_numpy()
-    show = scores >= threshold
+    show = _scores(feats) >= threshold
     hide = np.flatnonzero(~show)
     layer.metadata[HIDDEN] = ([data[i] for i in hide], [types[i] for i in hide],
                               feats.iloc[hide].reset_index(drop=True))
@@ -171,16 +173,41 @@ def _store(layer: Any, data: list[np.ndarray], types: list[str], feats: pd.DataF
     return len(idx)
 
 
+def _scores(feats: pd.DataFrame) -> np.ndarray:
+    if "score" not in feats:
+        return np.ones(len(feats))
+    return pd.to_numeric(feats["score"], errors="coerce").fillna(1.0).to_numpy()
+
+
 def apply_threshold(layer: Any, threshold: float) -> int:
     """Show the shapes scoring at least ``threshold``, keep the others hidden; returns shown count.
 
     Hidden shapes live in ``layer.metadata`` (untouched by edits, not saved by writers) and come
-    back when the threshold drops; edits to shown shapes are kept.
+    back when the threshold drops; edits to shown shapes are kept. Only the shapes that cross the
+    threshold are removed or added, so small slider moves stay cheap on large layers.
     """
-    data, types, feats = all_shapes(layer)
-    if not len(data):
-        return 0
-    return _store(layer, data, types, feats, threshold)
+    hd, ht, hf = _hidden(layer)
+    feats = layer.features.reset_index(drop=True)
+    hide = np.flatnonzero(_scores(feats) < threshold)
+    hidden_ok = _scores(hf) >= threshold
+    show, stay = np.flatnonzero(hidden_ok), np.flatnonzero(~hidden_ok)
+    if not len(hide) and not len(show):
+        return len(layer.data)
+    data, types = layer.data, layer.shape_type
+    layer.metadata[HIDDEN] = (
+        [hd[i] for i in stay] + [data[i] for i in hide],
+        [ht[i] for i in stay] + [types[i] for i in hide],
+        pd.concat([hf.iloc[stay], feats.iloc[hide]], ignore_index=True),
+    )
+    kept = feats.drop(index=hide)
+    if len(hide):
+        layer.selected_data = set(hide.tolist())
+        layer.remove_selected()
+    if len(show):
+        layer.add([hd[i] for i in show], shape_type=[ht[i] for i in show],
+                  edge_color=status_colors(hf["status"].iloc[show]))
+    set_features(layer, pd.concat([kept, hf.iloc[show]], ignore_index=True))
+    return len(layer.data)
 
 
 def add_instances(layer: Any, inst: Instances, plane: Sequence[float] = (), threshold: float = 0.0,

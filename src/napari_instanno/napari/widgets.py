@@ -307,6 +307,9 @@ class FindSimilarWidget(Container):
             return inst
 
         def done(inst: Instances) -> None:
+            nonlocal layer
+            if layer not in self._viewer.layers:  # deleted while the job ran
+                layer = self.result_layer()
             n = add_instances(layer, inst, idx, self._threshold.value, replace_category=category)
             self._info.value = f"{n} '{category}' instances found; {len(layer.data)} shown"
             self._viewer.layers.selection.active = layer
@@ -377,6 +380,9 @@ class FindSimilarWidget(Container):
             return polys
 
         def done(polys: list[np.ndarray]) -> None:
+            nonlocal layer
+            if layer not in self._viewer.layers:
+                layer = self.result_layer()
             inst = Instances(polygons=polys, categories={1: category},
                              status=np.full(len(polys), "accepted", dtype=object))
             add_instances(layer, inst, idx, self._threshold.value)
