@@ -73,7 +73,7 @@ def child(args: argparse.Namespace) -> None:
     from napari_instanno.inference.annotator import Annotator
     from napari_instanno.inference.sources import as_source
     from napari_instanno.inference.tiling import find_similar_tiled
-    from napari_instanno.io.table import TableWriter
+    from napari_instanno.io.table import TableWriter, count_rows
 
     torch.set_num_threads(args.threads)
     baselines.MAX_DETECTIONS = 10**7  # the untiled baseline must not be capped at 2000
@@ -87,8 +87,7 @@ def child(args: argparse.Namespace) -> None:
         find_similar_tiled(ann, arr, ref_box(), tile_size=args.tile_size, value_range=vr,
                            table=args.table, collect=False, workers=args.workers,
                            score_threshold=args.score_threshold)
-        from napari_instanno.io.table import iter_table
-        n = sum(len(p) for p in iter_table(args.table))
+        n = count_rows(args.table)
     else:
         ann.set_image(arr[:], value_range=vr)
         inst = ann.find_similar(ref_box(), score_threshold=args.score_threshold)

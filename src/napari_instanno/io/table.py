@@ -83,17 +83,26 @@ def iter_table(path: str | Path, batch_size: int = 65536) -> Iterator[Instances]
     if not path.is_file():
         raise InstannoError(f"table {path} does not exist")
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-        d = batch.to_pydict()
-        names = list(dict.fromkeys(d["category"])) or ["object"]
-        ids = {n: i + 1 for i, n in enumerate(names)}
+        poly = batch.column("polygon")
+        offsets = poly.offsets.to_numpy() // 2
+        flat = poly.values.to_numpy(zero_copy_only=False).reshape(-1, 2)[:, ::-1]
+        polygons = np.split(flat, offsets[1:-1] - offsets[0]) if len(batch) else []
+        names_col = batch.column("category").to_pylist()
+        ids = {n: i + 1 for i, n in enumerate(dict.fromkeys(names_col))} or {"object": 1}
         yield Instances(
-            polygons=[np.asarray(p, dtype=np.float64).reshape(-1, 2)[:, ::-1] for p in d["polygon"]],
-            boxes=np.stack([d["x0"], d["y0"], d["x1"], d["y1"]], axis=1) if d["x0"] else None,
-            scores=d["score"],
-            category_ids=[ids[n] for n in d["category"]],
+            polygons=polygons,
+            boxes=np.stack([batch.column(k).to_numpy() for k in ("x0", "y0", "x1", "y1")], 1),
+            scores=batch.column("score").to_numpy(),
+            category_ids=[ids[n] for n in names_col],
             categories={i: n for n, i in ids.items()},
-            status=d["status"],
+            status=batch.column("status").to_pylist(),
         )
+
+
+def count_rows(path: str | Path) -> int:
+    """How many instances the table holds (from its metadata)."""
+    _, pq = _pyarrow()
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def read_table(path: str | Path) -> Instances:
