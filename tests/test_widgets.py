@@ -259,6 +259,21 @@ def test_worker_errors_and_cancel_keep_annotations(setup, monkeypatch):
     assert any("ZeroDivisionError" in m for m in _errors_since(n))
     monkeypatch.undo()
 
+    import napari_instanno.inference.annotator as annotator_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("weights file is truncated")
+
+    monkeypatch.setattr(annotator_module, "_build", broken)
+    widget._matcher.value = "cosine"  # a new choice builds a new Annotator, which fails
+    n = len(notification_manager.records)
+    _run(viewer, widget, qtbot)
+    assert any("cannot set up matcher 'cosine'" in m and "truncated" in m
+               for m in _errors_since(n))
+    assert len(layer.data) == count
+    monkeypatch.undo()
+    widget._matcher.value = "ncc"
+
     widget._category.value = "other"
     assert widget.run() is not None
     widget.cancel()
