@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import napari_instanno.napari  # noqa: F401  (hides triton before any viewer exists; see there)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

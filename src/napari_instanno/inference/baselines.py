@@ -2,7 +2,8 @@
 
 Matchers: normalised cross-correlation template matching (``ncc``) and cosine similarity of
 ImageNet MobileNetV2 features (``cosine``). Outliners: the ellipse inscribed in the box
-(``ellipse``) and Otsu's threshold inside the box (``otsu``, refining with an active contour).
+(``ellipse``) and Otsu's threshold inside the box (``otsu``; its refine snaps each vertex to
+the nearest strong edge).
 """
 
 from __future__ import annotations
@@ -10,9 +11,18 @@ from __future__ import annotations
 import numpy as np
 from skimage.feature import match_template, peak_local_max
 
-from ..geometry import ellipse_polygon, mask_to_polygon, nms, polygon_box, polygon_to_mask
+from ..geometry import (
+    ellipse_polygon,
+    mask_to_polygon,
+    nms,
+    polygon_box,
+    polygon_to_mask,
+    resample_polygon,
+)
 
 MAX_DETECTIONS = 2000
+SNAP_VERTICES = 64  # the classical refine works on a ring of this many vertices
+SNAP_REACH = 3.0  # px a vertex may move along its normal
 
 
 def _peaks_to_boxes(score_map: np.ndarray, ref_w: float, ref_h: float, stride: float,
@@ -161,13 +171,22 @@ class OtsuOutliner:
         return [self._one(b) for b in np.asarray(boxes, dtype=np.float64).reshape(-1, 4)]
 
     def refine(self, polygons: list[np.ndarray]) -> list[np.ndarray]:
-        from skimage.filters import gaussian
-        from skimage.segmentation import active_contour
+        """Move each vertex along its normal, by up to ``SNAP_REACH`` px, to the strongest edge."""
+        from scipy.ndimage import map_coordinates, uniform_filter1d
+        from skimage.filters import gaussian, sobel
 
-        smooth = gaussian(self.gray, 1.0)
+        edges = sobel(gaussian(self.gray, 1.0))
+        steps = np.arange(-SNAP_REACH, SNAP_REACH + 0.5, 0.5)
         out = []
         for p in polygons:
-            snake = active_contour(smooth, np.asarray(p) - 0.5, alpha=0.01, beta=0.1,
-                                   gamma=0.01, max_num_iter=100, boundary_condition="periodic")
-            out.append(snake + 0.5)
+            ring = resample_polygon(p, SNAP_VERTICES)
+            tangent = np.roll(ring, -1, axis=0) - np.roll(ring, 1, axis=0)
+            normal = np.stack([tangent[:, 1], -tangent[:, 0]], 1)
+            normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-9
+            probes = ring[:, None, :] + steps[None, :, None] * normal[:, None, :]
+            strength = map_coordinates(edges, (probes - 0.5).reshape(-1, 2).T, order=1,
+                                       mode="nearest").reshape(len(ring), len(steps))
+            strength -= 1e-3 * np.abs(steps)  # ties go to the smallest move
+            move = uniform_filter1d(steps[strength.argmax(axis=1)], 3, mode="wrap")
+            out.append(ring + move[:, None] * normal)
         return out
