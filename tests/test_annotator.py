@@ -110,3 +110,15 @@ def test_features_are_cached_per_image(discs, monkeypatch):
     ann.set_image(img)
     ann.find_similar(ref_box(centres[0]))
     assert len(calls) == 2
+
+
+def test_refine_of_a_good_polygon_keeps_it(ncc):
+    from napari_instanno.geometry import polygon_area
+    from napari_instanno.samples import nuclei_sample
+
+    image, box = nuclei_sample()
+    ncc.set_image(image)
+    poly = ncc.box_to_polygon(box)
+    refined = ncc.refine(poly)
+    assert abs(polygon_area(refined) - polygon_area(poly)) < 0.2 * polygon_area(poly)
+    assert mask_iou(polygon_to_mask(refined, image.shape), polygon_to_mask(poly, image.shape)) > 0.8
