@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import InstannoError
 from ..models.matcher import MatcherConfig, OneShotMatcher
-from ..models.weights import save_fp16
+from ..models.weights import load_safetensors, save_fp16
 from .datasets import shared_folder
 from .episodes import Episode, EpisodeConfig, EpisodeSampler
 
@@ -41,10 +41,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def make_targets(boxes: list[np.ndarray], ref_size: torch.Tensor, shape: tuple[int, int],
-                 stride: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gaussian centre heatmap (B, h, w), regression targets (B, 4, h, w) and their mask (B, h, w).
+                 stride: int, dense: float = 0.0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gaussian centre heatmap (B, h, w), regression targets (B, 4, h, w) and weights (B, h, w).
 
-    Regression: the centre's sub-cell offset (dx, dy) and log(w / w_ref), log(h / h_ref).
+    Regression: the offset of the centre from the cell's centre (dx, dy, in cells) and
+    log(w / w_ref), log(h / h_ref). Only centre cells are trained, unless ``dense`` > 0: then also
+    every cell whose heatmap value is at least ``dense`` (for the nearest object, weighted by the
+    heatmap), so a peak one cell off the centre still decodes to the right box.
     """
     b, (h, w) = len(boxes), shape
     heat = torch.zeros(b, h, w)
@@ -59,7 +63,16 @@ def make_targets(boxes: list[np.ndarray], ref_size: torch.Tensor, shape: tuple[i
         bw, bh = (t[:, 2] - t[:, 0]).clamp(min=1), (t[:, 3] - t[:, 1]).clamp(min=1)
         sigma = (0.15 * torch.sqrt(bw * bh) / stride).clamp(min=0.4)
         d2 = (xs[None] - cx[:, None, None]) ** 2 + (ys[None] - cy[:, None, None]) ** 2
-        heat[i] = torch.exp(-d2 / (2 * sigma[:, None, None] ** 2)).amax(0)
+        g = torch.exp(-d2 / (2 * sigma[:, None, None] ** 2))
+        heat[i], owner = g.max(0)
+        if dense > 0:
+            near = heat[i] >= dense
+            k = owner[near]
+            mask[i][near] = heat[i][near]
+            reg[i, 0][near] = cx[k] - xs[near]
+            reg[i, 1][near] = cy[k] - ys[near]
+            reg[i, 2][near] = torch.log(bw[k] / ref_size[i, 0])
+            reg[i, 3][near] = torch.log(bh[k] / ref_size[i, 1])
         c = cx.long().clamp(0, w - 1)
         r = cy.long().clamp(0, h - 1)
         heat[i, r, c] = 1.0
@@ -83,8 +96,9 @@ def matcher_loss(maps: torch.Tensor, heat: torch.Tensor, reg: torch.Tensor, mask
     neg_loss = -((1 - pos) * (1 - heat) ** 4 * p ** 2 * log1mp).sum()
     focal = (pos_loss + neg_loss) / npos
     err = (maps[:, 1:].float() - reg).abs() * mask[:, None]
-    off = err[:, :2].sum() / npos
-    size = err[:, 2:].sum() / npos
+    wsum = mask.sum().clamp(min=1)
+    off = err[:, :2].sum() / wsum
+    size = err[:, 2:].sum() / wsum
     return {"loss": focal + off + size_weight * size, "focal": focal, "offset": off, "size": size}
 
 
@@ -138,6 +152,8 @@ def train(config: str | Path, resume: bool = True, device: str | None = None) ->
     out_dir = Path(cfg.get("output_dir", "runs/matcher"))
     out_dir.mkdir(parents=True, exist_ok=True)
     model, sampler = build(cfg, pretrained=cfg.get("pretrained", True))
+    if cfg.get("init"):  # start from earlier weights (a later stage of a recipe)
+        load_safetensors(model, cfg["init"])
     model.to(device).train()
     bb = [p for p in model.backbone.parameters() if p.requires_grad]
     rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
@@ -174,7 +190,7 @@ def train(config: str | Path, resume: bool = True, device: str | None = None) ->
             ref = model.embed_crops(batch["ref_crop"], batch["ref_local"], batch["ref_size"])
             maps = model.forward_maps(feats, ref)
         heat, reg, mask = make_targets(batch["boxes"], batch["ref_size"].cpu(), maps.shape[-2:],
-                                       model.stride)
+                                       model.stride, float(cfg.get("dense_regression", 0.0)))
         losses = matcher_loss(maps, heat.to(device), reg.to(device), mask.to(device),
                               float(cfg.get("size_weight", 1.0)))
         opt.zero_grad(set_to_none=True)
