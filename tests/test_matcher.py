@@ -141,7 +141,7 @@ def test_training_tells_kinds_apart() -> None:
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 2e-3)
     rng = np.random.default_rng(0)
-    for _ in range(250):
+    for _ in range(160):
         batch = collate([scene_episode(model, rng) for _ in range(4)], "cpu")
         ref = model.embed_crops(batch["ref_crop"], batch["ref_local"], batch["ref_size"])
         maps = model.forward_maps(model.features(batch["image"]), ref)
