@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,10 @@ def _georef(path: Path) -> tuple[Any, Any]:
     except ImportError:
         return None, None
     try:
-        with rasterio.open(path) as src:
-            if src.crs is None:
-                return None, None
-            return src.transform, src.crs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # plain TIFFs: NotGeoreferencedWarning
+            with rasterio.open(path) as src:
+                return (src.transform, src.crs) if src.crs is not None else (None, None)
     except Exception:  # not a raster rasterio understands: no georeferencing
         return None, None
 

@@ -502,10 +502,7 @@ def _needs_tiling(layer: Any, plane: Any) -> bool:
 
 def _find_tiled(ann: Any, plane: Any, box: np.ndarray, category: str, report: Callable,
                 cancelled: Callable) -> Instances:
-    try:
-        from ..inference.tiling import find_similar_tiled
-    except ImportError as err:
-        raise InstannoError("large / lazy images need napari_instanno.inference.tiling, which "
-                            "this installation lacks; load a smaller in-memory image") from err
+    from ..inference.tiling import find_similar_tiled
+
     return find_similar_tiled(ann, plane, box, tile_size=1024, category=category,
                               progress=report, cancel=cancelled)
