@@ -208,6 +208,29 @@ def test_tiff_and_geotiff_windows(ann, untiled, tmp_path):
         assert _match(_tiled(ann, ds), untiled).min() >= 0.95
 
 
+def test_six_channels_use_the_first_three(ann, untiled, tmp_path, monkeypatch):
+    import rasterio
+
+    # the discs in channels 0-2, other patterns in channels 3-5 (to_rgb01 uses the first three)
+    noise = np.random.default_rng(3).integers(0, 255, (SIZE, SIZE), dtype=np.uint8)
+    six = np.stack([IMAGE, IMAGE, IMAGE, noise, 255 - IMAGE, noise], axis=-1)
+    assert as_source(six).read(0, 8, 0, 8).shape == (8, 8, 3)
+    assert _match(_tiled(ann, six, value_range=None), untiled).min() >= 0.95
+    areas = _record_reads(monkeypatch)
+    lazy = da.from_array(six, chunks=(100, 100, 2))
+    assert _match(_tiled(ann, lazy), untiled).min() >= 0.95
+    assert max(areas) <= (TILE + 2 * 32) ** 2
+    geo = tmp_path / "six.tif"
+    with rasterio.open(geo, "w", driver="GTiff", height=SIZE, width=SIZE, count=6,
+                       dtype="uint8", crs="EPSG:32633",
+                       transform=rasterio.Affine(10, 0, 5e5, 0, -10, 4e6)) as ds:
+        ds.write(np.moveaxis(six, -1, 0))
+    with rasterio.open(geo) as ds:
+        assert _match(_tiled(ann, ds), untiled).min() >= 0.95
+    with pytest.raises(InstannoError, match="pick one plane"):
+        as_source(np.zeros((10, 64, 64)))  # a (Z, H, W) stack, not 64 channels
+
+
 def test_cancel_then_resume_skips_finished_tiles(untiled, tmp_path):
     ann = Annotator(matcher="ncc", outliner="otsu", device="cpu")
     ann.matcher = CountingNCC()

@@ -4,7 +4,8 @@
 lists (one level picked), image paths (TIFF through tifffile's zarr store, zarr, OME-Zarr) and
 rasterio datasets (GeoTIFF and anything GDAL reads, through windows) in one small interface:
 ``shape`` (H, W), ``read(y0, y1, x0, x1)`` -> numpy (h, w) or (h, w, C), and ``sample()`` for the
-normalisation range.
+normalisation range. Images with more than three channels are read as their first three, the ones
+``napari_instanno.image.to_rgb01`` uses.
 """
 
 from __future__ import annotations
@@ -35,16 +36,17 @@ class Source:
 
     def __init__(self, array: Any, overview: Any = None) -> None:
         shape = tuple(int(s) for s in array.shape)
-        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] > 4):
-            raise InstannoError(
-                f"image has shape {shape}; pass one 2D plane (H, W) or (H, W, C) with C <= 4"
-            )
+        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] > max(4, min(shape[:2]))):
+            raise InstannoError(  # more channels than rows or columns: a (Z, H, W) stack
+                f"image has shape {shape}; pass one 2D plane (H, W) or (H, W, C) with C channels "
+                "last (for stacks, pick one plane)")
         if min(shape) < 1:
             raise InstannoError(f"image of shape {shape} is empty")
         self.array = array
         self.overview = overview
         self.shape: tuple[int, int] = shape[:2]
         self.dtype = np.dtype(array.dtype)
+        self._rgb = (slice(0, 3),) if len(shape) == 3 and shape[2] > 3 else ()
 
     def _get(self, arr: Any, index: tuple) -> np.ndarray:
         out = arr[index]
@@ -56,7 +58,7 @@ class Source:
         """The window rows ``y0:y1``, columns ``x0:x1`` as numpy; ``SourceError`` if unreadable."""
         self.check_alive()
         try:
-            return self._get(self.array, (slice(y0, y1), slice(x0, x1)))
+            return self._get(self.array, (slice(y0, y1), slice(x0, x1), *self._rgb))
         except InstannoError:
             raise
         except Exception as err:
@@ -114,8 +116,7 @@ class RasterioSource(Source):
         self.overview = None
         self.shape = (h, w)
         self.dtype = np.dtype(dt)
-        if self.count > 4:
-            raise InstannoError(f"{path} has {self.count} bands; at most 4 are supported")
+        self.bands = list(range(1, min(self.count, 3) + 1))
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_local"}
@@ -141,20 +142,21 @@ class RasterioSource(Source):
 
         self.check_alive()
         try:
-            data = self._dataset().read(window=Window(x0, y0, x1 - x0, y1 - y0))
+            data = self._dataset().read(self.bands, window=Window(x0, y0, x1 - x0, y1 - y0))
         except Exception as err:
             raise SourceError(f"cannot read {self.path} window [{y0}:{y1}, {x0}:{x1}]: {err}"
                               ) from err
-        return data[0] if self.count == 1 else np.moveaxis(data, 0, -1)
+        return data[0] if len(self.bands) == 1 else np.moveaxis(data, 0, -1)
 
     def sample(self, pixels: int = SAMPLE_PIXELS) -> np.ndarray:
         from rasterio.enums import Resampling
 
         h, w = self.shape
         f = max(1.0, np.sqrt(h * w / pixels))
-        data = self._dataset().read(out_shape=(self.count, max(1, int(h / f)), max(1, int(w / f))),
+        data = self._dataset().read(self.bands, out_shape=(len(self.bands), max(1, int(h / f)),
+                                                           max(1, int(w / f))),
                                     resampling=Resampling.nearest)
-        return data[0] if self.count == 1 else np.moveaxis(data, 0, -1)
+        return data[0] if len(self.bands) == 1 else np.moveaxis(data, 0, -1)
 
 
 def _store_root(array: Any) -> str | None:
