@@ -147,6 +147,52 @@ def test_reader_declines_other_json(tmp_path):
     assert _reader.get_reader(str(tmp_path / "x.png")) is None
 
 
+def test_geotiff_reader_claims_only_georeferenced_tiffs(shared_data, tmp_path):
+    import tifffile
+
+    path = shared_data / "sentinel2-fields" / "images" / "RGB_small.tif"
+    reader = _reader.get_geotiff_reader(str(path))
+    assert reader is not None
+    (data, meta, kind), = reader(str(path))
+    assert kind == "image" and meta["rgb"] and isinstance(data, np.ndarray)
+    assert data.shape == (413, 452, 3) and data.dtype == np.uint16  # bands as stored (B, G, R)
+    assert meta["metadata"]["crs"].to_epsg() == 32632
+    assert meta["metadata"]["transform"].c == 512410.0
+    lo, hi = meta["contrast_limits"]
+    assert data.min() <= lo < hi <= data.max()
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.zeros((8, 8), np.uint8))
+    assert _reader.get_geotiff_reader(str(plain)) is None
+    assert _reader.get_geotiff_reader(str(tmp_path / "missing.tif")) is None
+
+
+def test_writer_uses_level_of_detail_and_georeferencing(tmp_path):
+    from napari.components import ViewerModel
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    from napari_instanno.io.geojson import read_geojson
+    from napari_instanno.napari.large_layers import KEY, LevelOfDetail
+    from napari_instanno.napari.layers import GEOREF
+
+    viewer = ViewerModel()
+    viewer.add_image(np.zeros((200, 200), np.uint8))
+    geo = {"transform": Affine(2.0, 0, 1000.0, 0, -2.0, 5000.0), "crs": CRS.from_epsg(32632)}
+    lod = LevelOfDetail(viewer, _squares(), metadata={GEOREF: geo})
+    viewer.reset_view()
+    lod.set_threshold(0.5)  # scores 1, .8, .6 kept; .4, .2 hidden
+    meta = lod.shapes._get_state()
+    assert meta["metadata"][KEY] is lod
+    path, = _writer.write_geojson_layer(str(tmp_path / "a.geojson"), [], meta)
+    written = json.loads(open(path).read())
+    assert written["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32632"
+    back = read_geojson(path, transform=geo["transform"])
+    assert len(back) == 3
+    assert all(np.allclose(p, q) for p, q in zip(_squares().polygons[:3], back.polygons,
+                                                 strict=True))
+    lod.close()
+
+
 def test_sample_data_comes_with_a_reference_inside_the_image():
     for make in (_sample_data.make_coins, _sample_data.make_nuclei):
         (image, meta, kind), (rects, ref_meta, ref_kind) = make()

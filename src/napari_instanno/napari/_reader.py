@@ -1,4 +1,6 @@
-"""npe2 reader: a COCO JSON or GeoJSON file opens as a Shapes layer (one per image in a COCO file)."""
+"""npe2 readers: a COCO JSON or GeoJSON file opens as a Shapes layer (one per image in a COCO file);
+a georeferenced GeoTIFF opens as an Image layer whose metadata holds its rasterio ``transform`` and
+``crs`` (plain TIFFs are left to napari's own reader)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import InstannoError
 from ..io.atomic import read_json
 from .layers import instances_to_shapes
 
 LayerData = tuple[Any, dict, str]
+IN_MEMORY_PIXELS = 4096 * 4096  # GeoTIFFs up to this size are read into memory, larger stay lazy
 
 
 def _kind(path: Path) -> str | None:
@@ -62,3 +67,36 @@ def read_geojson_layer(path: str) -> list[LayerData]:
     from ..io.geojson import read_geojson
 
     return [_layer(read_geojson(path), Path(path).stem)]
+
+
+def get_geotiff_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
+    """The reader for a GeoTIFF that rasterio finds a CRS in, else None (napari's reader opens it)."""
+    from ..io.images import TIFF_SUFFIXES, open_image
+
+    if isinstance(path, list) or not str(path).lower().endswith(TIFF_SUFFIXES):
+        return None
+    try:
+        opened = open_image(path)
+    except InstannoError:
+        return None
+    if opened.crs is None or opened.transform is None:
+        return None
+    return lambda p: [_geotiff_layer(opened, Path(p).stem)]
+
+
+def _geotiff_layer(opened: Any, name: str) -> LayerData:
+    """Bands as stored: 3 or 4 as an RGB(A) layer, other counts on a slider (band, row, column)."""
+    from ..image import channel_range
+
+    data = opened.data
+    if data.shape[0] * data.shape[1] <= IN_MEMORY_PIXELS:
+        data = np.asarray(data)
+    rgb = data.ndim == 3 and data.shape[2] in (3, 4)
+    meta: dict[str, Any] = {"name": name, "rgb": rgb,
+                            "metadata": {"transform": opened.transform, "crs": opened.crs}}
+    if data.ndim == 3 and not rgb:
+        data = data.transpose(2, 0, 1)
+    elif rgb and isinstance(data, np.ndarray):  # napari scales RGB by the dtype's range otherwise
+        lo, hi = channel_range(data)
+        meta["contrast_limits"] = [float(lo.min()), float(hi.max())]
+    return data, meta, "image"

@@ -9,7 +9,9 @@ A Shapes layer slows down with its shape count (every shape is triangulated and 
   napari draws in one batch whatever the count, and no polygons.
 
 Edits made to the shown polygons (vertices moved, shapes deleted or added, status changed) are
-written back to the full set before the shown subset changes and by ``instances()``.
+written back to the full set before the shown subset changes and by ``instances()``. A score
+threshold hides instances from both views without dropping them. The Shapes layer's metadata
+holds the ``LevelOfDetail`` (key ``KEY``) so widgets and writers reach the full set.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import box_iou
 from ..instances import Instances
 from .layers import (
     AREA_TYPES,
@@ -29,6 +32,7 @@ from .layers import (
 )
 
 INDEX = "instance"  # Shapes feature column: the shape's index in the full Instances (-1: new)
+KEY = "instanno_lod"  # Shapes layer metadata key: its LevelOfDetail
 
 
 def camera(viewer: Any) -> Any:
@@ -63,34 +67,47 @@ class LevelOfDetail:
     """
 
     def __init__(self, viewer: Any, instances: Instances, name: str = "instances",
-                 max_shapes: int = 3000, pad: float = 0.5, edge_width: float = 1.0) -> None:
+                 max_shapes: int = 3000, pad: float = 0.5, edge_width: float = 1.0,
+                 metadata: dict | None = None) -> None:
         self.viewer = viewer
         self.full = instances
         self.max_shapes = max_shapes
         self.pad = pad
         self.edge_width = edge_width
+        self.min_score = 0.0
+        self.closed = False
         self.shown = np.zeros(0, dtype=np.int64)
         self.drawn: tuple[float, float, float, float] | None = None
         centres = _centres(instances.boxes)
-        size = float(np.median(np.max(instances.boxes[:, 2:] - instances.boxes[:, :2], axis=1))
-                     ) if len(instances) else 5.0
-        self.points = viewer.add_points(centres, name=f"{name} (overview)", size=max(size, 1.0),
+        self.points = viewer.add_points(centres, name=f"{name} (overview)",
+                                        size=_size(instances.boxes),
                                         face_color=status_colors(instances.status)
                                         if len(instances) else "yellow",
                                         border_width=0, visible=False)
         self.shapes = viewer.add_shapes(name=name, face_color="transparent",
-                                        edge_width=edge_width)
+                                        edge_width=edge_width,
+                                        metadata={**(metadata or {}), KEY: self})
         camera(viewer).events.zoom.connect(self.update)
         camera(viewer).events.center.connect(self.update)
         self.update()
 
+    def __deepcopy__(self, memo: dict) -> LevelOfDetail:
+        return self  # layer metadata may be deep-copied; the viewer and layers must not be
+
     def close(self) -> None:
         """Stop following the camera."""
-        camera(self.viewer).events.zoom.disconnect(self.update)
-        camera(self.viewer).events.center.disconnect(self.update)
+        if not self.closed:
+            camera(self.viewer).events.zoom.disconnect(self.update)
+            camera(self.viewer).events.center.disconnect(self.update)
+        self.closed = True
 
     def update(self, event: Any = None) -> None:
         """Redraw for the current view if it left the drawn region (called on camera moves)."""
+        if self.shapes not in self.viewer.layers:  # the user deleted the result layer
+            self.close()
+            if self.points in self.viewer.layers:
+                self.viewer.layers.remove(self.points)
+            return
         y0, y1, x0, x1 = visible_region(self.viewer)
         if self.drawn is not None and self.shapes.visible:
             d = self.drawn
@@ -99,16 +116,17 @@ class LevelOfDetail:
         self._sync_back()
         py, px = (y1 - y0) * self.pad, (x1 - x0) * self.pad
         region = (y0 - py, y1 + py, x0 - px, x1 + px)
-        idx = select_visible(self.full.boxes, region, self.max_shapes)
+        kept = np.flatnonzero(self.full.scores >= self.min_score)
+        idx = select_visible(self.full.boxes[kept], region, self.max_shapes)
         if idx is None:
             region = (y0, y1, x0, x1)
-            idx = select_visible(self.full.boxes, region, self.max_shapes)
+            idx = select_visible(self.full.boxes[kept], region, self.max_shapes)
         if idx is None:  # too many to draw: the overview
             self._show(np.zeros(0, dtype=np.int64))
             self.shapes.visible, self.points.visible = False, True
             self.drawn = None
             return
-        self._show(idx)
+        self._show(kept[idx])
         self.shapes.visible, self.points.visible = True, False
         self.drawn = region
 
@@ -117,6 +135,50 @@ class LevelOfDetail:
         self._sync_back()
         self._show(self.shown)  # fresh indices after additions / deletions
         return self.full
+
+    def kept(self) -> Instances:
+        """The instances scoring at least the threshold (what is shown and saved), edits included."""
+        full = self.instances()
+        return full[full.scores >= self.min_score]
+
+    def set_threshold(self, threshold: float) -> int:
+        """Hide instances scoring below ``threshold`` (kept, back when it drops); returns kept."""
+        self._sync_back()
+        self.min_score = float(threshold)
+        self._redraw()
+        return int((self.full.scores >= self.min_score).sum())
+
+    def set_status(self, indices: np.ndarray, status: str) -> None:
+        """Set the review status of instances ``indices`` of ``instances()``."""
+        self._sync_back()
+        self.full.status[np.asarray(indices, dtype=np.int64)] = status
+        self._redraw()
+
+    def add(self, inst: Instances, replace_category: str | None = None, iou: float = 0.5) -> int:
+        """Add ``inst`` as ``layers.add_instances`` does (``replace_category`` replaces earlier
+        proposed ones of that category; no twice-found reviewed ones); returns how many."""
+        full = self.instances()
+        if replace_category is not None:
+            names = np.array(full.category_names, dtype=object)
+            same = names == replace_category
+            full = full[~(same & (full.status == "proposed"))]
+            old = full.boxes[np.array(full.category_names, dtype=object) == replace_category]
+            if len(old) and len(inst):
+                inst = inst[box_iou(inst.boxes, old).max(axis=1) < iou]
+        self.full = Instances.concat([full, inst])
+        self.shown = np.zeros(0, dtype=np.int64)
+        self._redraw()
+        return len(inst)
+
+    def _redraw(self) -> None:
+        """Rebuild both views from ``full`` (after it changed outside the Shapes layer)."""
+        self._show(self.shown[self.shown < len(self.full)])
+        self.points.data = _centres(self.full.boxes)
+        self.points.size = _size(self.full.boxes)
+        self.points.face_color = status_colors(self.full.status)
+        self.points.shown = self.full.scores >= self.min_score
+        self.drawn = None
+        self.update()
 
     def _show(self, idx: np.ndarray) -> None:
         """Put instances ``idx`` in the Shapes layer, in one call."""
@@ -128,7 +190,7 @@ class LevelOfDetail:
         layer.data = list(zip(kw["data"], ["polygon"] * len(sub), strict=True))
         layer.features = feats
         ensure_features(layer, {"score": 1.0, "category": _default_category(self.full),
-                                "status": "proposed", INDEX: -1})
+                                "status": "accepted", INDEX: -1})  # hand-drawn: accepted
         if len(sub):
             layer.edge_color = kw["edge_color"]
         self.shown = np.asarray(idx, dtype=np.int64)
@@ -153,11 +215,18 @@ class LevelOfDetail:
         self.shown = np.arange(len(old), len(self.full))
         self.points.data = _centres(self.full.boxes)
         self.points.face_color = status_colors(self.full.status)
+        self.points.shown = self.full.scores >= self.min_score
 
 
 def _centres(boxes: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.stack([(b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2], axis=1) - OFFSET
+
+
+def _size(boxes: np.ndarray) -> float:
+    """The overview's point size: the median box side (5 when there are none)."""
+    sides = np.max(boxes[:, 2:] - boxes[:, :2], axis=1) if len(boxes) else [5.0]
+    return max(float(np.median(sides)), 1.0)
 
 
 def _default_category(inst: Instances) -> str:

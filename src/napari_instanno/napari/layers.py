@@ -27,6 +27,7 @@ STATUS_COLORS = {
 }
 HIDDEN = "instanno_hidden"  # layer.metadata key: shapes below the score threshold
 IMAGE_INFO = "instanno_image"  # layer.metadata key: COCO image info (file_name, height, width)
+GEOREF = "instanno_georef"  # layer.metadata key: {"transform", "crs"} of a georeferenced image
 AREA_TYPES = ("polygon", "rectangle", "ellipse")
 
 
@@ -35,6 +36,12 @@ def status_colors(status: Sequence[str]) -> np.ndarray:
     table = np.array([STATUS_COLORS[s] for s in STATUSES])
     index = {s: i for i, s in enumerate(STATUSES)}
     return table[[index.get(str(s), 0) for s in status]].reshape(-1, 4)
+
+
+def georef(metadata: dict) -> dict | None:
+    """{"transform", "crs"} from an image layer's metadata (our GeoTIFF reader), else None."""
+    transform, crs = metadata.get("transform"), metadata.get("crs")
+    return None if transform is None or crs is None else {"transform": transform, "crs": crs}
 
 
 def features_of(inst: Instances) -> pd.DataFrame:

@@ -3,8 +3,13 @@
 Box one instance in the "reference" layer, Run, review the polygons (accept ``Y`` / reject ``N``,
 on the result layer; napari already uses A and R), outline missed boxes, refine edited polygons,
 save. Every model call runs in a ``thread_worker``; errors become notifications and never touch
-the annotations already made. Images: the displayed 2D plane of the chosen layer (stacks: the
-current slice; RGB, grayscale, any dtype; see ``napari_instanno.image`` for the normalisation).
+the annotations already made. A run finding more than ``LOD_ABOVE`` instances (2D images) is shown
+through ``LevelOfDetail`` (centres when zoomed out, the visible polygons when zoomed in); review,
+threshold and saving then act on the whole set. GeoJSON is saved in map coordinates with the CRS
+when the image came from a georeferenced GeoTIFF (our reader keeps its transform and CRS).
+
+Images: the displayed 2D plane of the chosen layer (stacks: the current slice; RGB, grayscale, any
+dtype; see ``napari_instanno.image`` for the normalisation).
 """
 
 from __future__ import annotations
@@ -35,14 +40,20 @@ from ..errors import InstannoError
 from ..geometry import polygon_area
 from ..image import check_box
 from ..instances import Instances
-from ._reader import get_reader
+from ._reader import get_reader, read_geojson_layer
 from ._sample_data import REFERENCE
+from .large_layers import KEY as LOD_KEY
+from .large_layers import LevelOfDetail
 from .layers import (
+    GEOREF,
+    HIDDEN,
     IMAGE_INFO,
     STATUS_COLORS,
     add_instances,
+    all_shapes,
     apply_threshold,
     ensure_features,
+    georef,
     layer_to_instances,
     rectangle_to_box,
     replace_polygons,
@@ -54,6 +65,7 @@ if TYPE_CHECKING:
     import napari
 
 TILED_ABOVE = 4096 * 4096  # in-memory planes larger than this go through tiling too
+LOD_ABOVE = 10_000  # runs finding more instances are shown through LevelOfDetail
 ACCEPT_KEY, REJECT_KEY = "y", "n"
 MIN_AREA = 1.0  # a refined polygon smaller than this (px^2) is a collapse: keep the user's one
 
@@ -172,7 +184,7 @@ class FindSimilarWidget(Container):
                 ndim=image.ndim, name=name, face_color="transparent", opacity=1.0,
                 edge_width=max(1.0, max(h, w) / 512), scale=image.scale, translate=image.translate,
                 metadata={IMAGE_INFO: {"file_name": _file_name(image), "height": int(h),
-                                       "width": int(w)}})
+                                       "width": int(w)}, GEOREF: georef(image.metadata)})
         self._bind(layer)
         return layer
 
@@ -182,6 +194,30 @@ class FindSimilarWidget(Container):
         ensure_features(layer, {"score": 1.0, "category": self._category.value,
                                 "status": "accepted"})
         layer.current_edge_color = STATUS_COLORS["accepted"]
+
+    def _add(self, layer: Shapes, inst: Instances, idx: tuple, category: str | None = None
+             ) -> tuple[Shapes, int]:
+        """Add ``inst`` to a result layer as ``add_instances`` does; returns (layer, added).
+
+        More than ``LOD_ABOVE`` instances on a 2D, unscaled image move the layer's shapes into a
+        ``LevelOfDetail``, whose Shapes layer takes the result layer's name and place.
+        """
+        lod = layer.metadata.get(LOD_KEY)
+        image = self.image_layer
+        if lod is None and len(inst) > LOD_ABOVE and not idx and np.allclose(image.scale, 1) \
+                and np.allclose(image.translate, 0):
+            old = shapes_to_instances(*all_shapes(layer))
+            meta = {k: v for k, v in layer.metadata.items() if k != HIDDEN}
+            name, width = layer.name, float(layer.current_edge_width)
+            self._viewer.layers.remove(layer)
+            lod = LevelOfDetail(self._viewer, old, name=name, edge_width=width, metadata=meta)
+            lod.min_score = float(self._threshold.value)
+            layer = lod.shapes
+            self._bind(layer)
+        if lod is not None:
+            return layer, lod.add(inst, replace_category=category)
+        return layer, add_instances(layer, inst, idx, self._threshold.value,
+                                    replace_category=category)
 
     def _target(self) -> Shapes:
         """The active Shapes layer if it holds results, else the chosen image's result layer."""
@@ -310,8 +346,10 @@ class FindSimilarWidget(Container):
             nonlocal layer
             if layer not in self._viewer.layers:  # deleted while the job ran
                 layer = self.result_layer()
-            n = add_instances(layer, inst, idx, self._threshold.value, replace_category=category)
-            self._info.value = f"{n} '{category}' instances found; {len(layer.data)} shown"
+            layer, n = self._add(layer, inst, idx, category)
+            lod = layer.metadata.get(LOD_KEY)
+            shown = len(lod.kept()) if lod is not None else len(layer.data)
+            self._info.value = f"{n} '{category}' instances found; {shown} shown"
             self._viewer.layers.selection.active = layer
             layer.mode = "select"
 
@@ -319,7 +357,10 @@ class FindSimilarWidget(Container):
 
     def _on_threshold(self, value: float) -> None:
         try:
-            shown = apply_threshold(self._target(), float(value))
+            layer = self._target()
+            lod = layer.metadata.get(LOD_KEY)
+            shown = (lod.set_threshold(float(value)) if lod is not None
+                     else apply_threshold(layer, float(value)))
         except InstannoError as err:
             show_error(str(err))
             return
@@ -331,7 +372,11 @@ class FindSimilarWidget(Container):
         except InstannoError as err:
             show_error(str(err))
             return
-        if everything:
+        lod = layer.metadata.get(LOD_KEY)
+        if everything and lod is not None:  # the whole set above the threshold, not just drawn
+            full = lod.instances()
+            idx = np.flatnonzero((full.status == "proposed") & (full.scores >= lod.min_score))
+        elif everything:
             idx = np.flatnonzero(layer.features["status"].to_numpy() == "proposed")
         else:
             idx = sorted(layer.selected_data)
@@ -339,7 +384,10 @@ class FindSimilarWidget(Container):
             show_info("nothing to accept" if everything else
                       "select shapes first (select tool: click, or drag a box around them)")
             return
-        set_status(layer, idx, status)
+        if everything and lod is not None:
+            lod.set_status(idx, status)
+        else:
+            set_status(layer, idx, status)
         self._info.value = f"{len(idx)} shapes {status}"
 
     def accept_selected(self) -> None:
@@ -385,7 +433,7 @@ class FindSimilarWidget(Container):
                 layer = self.result_layer()
             inst = Instances(polygons=polys, categories={1: category},
                              status=np.full(len(polys), "accepted", dtype=object))
-            add_instances(layer, inst, idx, self._threshold.value)
+            self._add(layer, inst, idx)
             ref.selected_data = set(sel)
             ref.remove_selected()
             self._info.value = f"{len(polys)} polygon(s) added"
@@ -433,7 +481,11 @@ class FindSimilarWidget(Container):
 
     # --- files ----------------------------------------------------------------------------
     def save(self, path: str | Path, fmt: str | None = None) -> Path | None:
-        """Save the shown shapes of the result layer as COCO JSON or GeoJSON (atomic)."""
+        """Save the shown shapes of the result layer as COCO JSON or GeoJSON (atomic).
+
+        A ``LevelOfDetail`` layer saves its whole set above the threshold; GeoJSON of a
+        georeferenced image is in map coordinates with the image's CRS.
+        """
         from ..io.coco import write_coco
         from ..io.geojson import write_geojson
 
@@ -441,9 +493,11 @@ class FindSimilarWidget(Container):
         fmt = fmt or ("geojson" if path.suffix.lower() == ".geojson" else "coco")
         try:
             layer = self._target()
-            inst = layer_to_instances(layer)
+            lod = layer.metadata.get(LOD_KEY)
+            inst = lod.kept() if lod is not None else layer_to_instances(layer)
             if fmt == "geojson":
-                out = write_geojson(path, inst, overwrite=True)
+                out = write_geojson(path, inst, overwrite=True,
+                                    **(layer.metadata.get(GEOREF) or {}))
             else:
                 info = dict(layer.metadata.get(IMAGE_INFO) or {"file_name": layer.name})
                 out = write_coco(path, [(info, inst)], overwrite=True)
@@ -454,18 +508,30 @@ class FindSimilarWidget(Container):
         return out
 
     def load(self, path: str | Path) -> int:
-        """Add the shapes of a COCO / GeoJSON file to the result layer; returns how many."""
+        """Add the shapes of a COCO / GeoJSON file to the result layer; returns how many.
+
+        A GeoJSON with a ``crs`` member is read in the map coordinates of a georeferenced image.
+        """
+        from ..io.atomic import read_json
+        from ..io.geojson import from_feature_collection
+
         try:
             reader = get_reader(str(path))
             if reader is None:
                 raise InstannoError(f"{path} is not a COCO or GeoJSON file")
-            entries = reader(str(path))
             layer = self.result_layer()
             _, idx = self._plane(self.image_layer)
+            geo = layer.metadata.get(GEOREF)
+            data = read_json(path, "GeoJSON") if reader is read_geojson_layer else None
+            if geo is not None and isinstance(data, dict) and "crs" in data:
+                found = [from_feature_collection(data, geo["transform"], source=str(path))]
+            else:
+                found = [shapes_to_instances(d, meta["shape_type"], meta["features"])
+                         for d, meta, _ in reader(str(path))]
             added = 0
-            for data, meta, _ in entries:
-                inst = shapes_to_instances(data, meta["shape_type"], meta["features"])
-                added += add_instances(layer, inst, idx, self._threshold.value)
+            for inst in found:
+                layer, n = self._add(layer, inst, idx)
+                added += n
         except InstannoError as err:
             show_error(str(err))
             return 0
