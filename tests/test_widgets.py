@@ -387,3 +387,78 @@ def test_geotiff_saves_geojson_in_map_coordinates(make_napari_viewer, shared_dat
     saved, = viewer.layers.save(str(tmp_path / "layers.geojson"), selected=True,
                                 plugin="napari-instanno")
     assert json.loads(open(saved).read())["crs"] == written["crs"]
+
+
+def test_huge_run_is_shown_through_level_of_detail(make_napari_viewer, qtbot, tmp_path,
+                                                    monkeypatch):
+    import json
+
+    from napari.layers import Points
+
+    from napari_instanno.instances import Instances
+    from napari_instanno.napari import widgets
+    from napari_instanno.napari.large_layers import KEY, camera
+
+    n_side, step = 110, 9  # 12,100 squares of 4 x 4 px on a 990 x 990 grid
+    rows, cols = np.meshgrid(np.arange(n_side) * step + 5.0, np.arange(n_side) * step + 5.0,
+                             indexing="ij")
+    corners = np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)
+    polys = [corners + (r, c) for r, c in zip(rows.ravel(), cols.ravel(), strict=True)]
+    n = len(polys)
+    assert n > widgets.LOD_ABOVE
+    scores = np.random.default_rng(0).uniform(0.3, 1.0, n)
+    monkeypatch.setattr(Annotator, "find_similar", lambda self, box, category="object", **kw:
+                        Instances(polygons=polys, scores=scores, categories={1: category}))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((1000, 1000), np.uint8), name="img")
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    viewer.layers["reference"].add_rectangles([box_to_rectangle([5, 5, 9, 9])])
+    assert widget.run() is not None  # the Run path, with the monkeypatched matcher
+    _wait(qtbot, widget)
+
+    layer = viewer.layers["img instances"]
+    overview = viewer.layers["img instances (overview)"]
+    lod = layer.metadata[KEY]
+    assert isinstance(overview, Points) and len(overview.data) == n
+    assert str(n) in widget._info.value
+    viewer.reset_view()  # zoomed out: centres only
+    assert overview.visible and not layer.visible and len(layer.data) == 0
+
+    camera(viewer).center = (500, 500)
+    camera(viewer).zoom = 8.0  # zoomed in: the polygons around the view, editable
+    assert layer.visible and not overview.visible
+    assert 0 < len(layer.data) <= lod.max_shapes
+    viewer.layers.selection.active = layer
+    first, second = (layer_to_instances(layer).polygons[i] for i in (0, 1))
+    layer.selected_data = {0}
+    widget.accept_selected()
+    layer.selected_data = {1}
+    widget.reject_selected()
+
+    widget._threshold.value = 0.5
+    kept = int((scores >= 0.5).sum())
+    assert lod.set_threshold(0.5) == kept and overview.shown.sum() == kept
+    assert (layer.features["score"] >= 0.5).all()
+    widget._threshold.value = 0.0
+
+    camera(viewer).center = (100, 100)  # away: the shown subset changes, the review is kept
+    path = widget.save(tmp_path / "all.json")
+    coco = json.loads(path.read_text())
+    assert len(coco["annotations"]) == n  # nothing lost
+    by_box = {tuple(np.round(a["bbox"], 3)): a["status"] for a in coco["annotations"]}
+
+    def status(poly):
+        (y0, x0), (y1, x1) = poly.min(axis=0), poly.max(axis=0)
+        return by_box[tuple(np.round([x0, y0, x1 - x0, y1 - y0], 3))]
+
+    assert status(first) == "accepted" and status(second) == "rejected"
+    assert sorted(by_box.values()).count("proposed") == n - 2
+
+    widget.accept_all()  # the whole set, not only the drawn polygons
+    viewer.layers.selection = {layer}
+    saved, = viewer.layers.save(str(tmp_path / "layers.json"), selected=True,
+                                plugin="napari-instanno")
+    anns = json.loads(open(saved).read())["annotations"]
+    assert len(anns) == n and sum(a["status"] == "accepted" for a in anns) == n - 1

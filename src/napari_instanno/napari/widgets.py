@@ -42,8 +42,8 @@ from ..image import check_box
 from ..instances import Instances
 from ._reader import get_reader, read_geojson_layer
 from ._sample_data import REFERENCE
+from .large_layers import INDEX, LevelOfDetail
 from .large_layers import KEY as LOD_KEY
-from .large_layers import LevelOfDetail
 from .layers import (
     GEOREF,
     HIDDEN,
@@ -191,8 +191,10 @@ class FindSimilarWidget(Container):
     def _bind(self, layer: Shapes) -> None:
         layer.bind_key(ACCEPT_KEY, lambda _: self.accept_selected(), overwrite=True)
         layer.bind_key(REJECT_KEY, lambda _: self.reject_selected(), overwrite=True)
-        ensure_features(layer, {"score": 1.0, "category": self._category.value,
-                                "status": "accepted"})
+        defaults = {"score": 1.0, "category": self._category.value, "status": "accepted"}
+        if LOD_KEY in layer.metadata:
+            defaults[INDEX] = -1  # a hand-drawn shape, new to the full set
+        ensure_features(layer, defaults)
         layer.current_edge_color = STATUS_COLORS["accepted"]
 
     def _add(self, layer: Shapes, inst: Instances, idx: tuple, category: str | None = None
