@@ -42,7 +42,7 @@ class LearnedOutliner:
     """
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
-                 tolerance: float = 0.7, batch_size: int = 256, **_: object) -> None:
+                 tolerance: float = 0.7, batch_size: int = 32, **_: object) -> None:
         self.device = device
         self.model = load_contour_model(weights, device)
         self.tolerance = tolerance
