@@ -68,3 +68,18 @@ def test_overview_when_zoomed_out_polygons_when_zoomed_in_and_edits_kept():
     camera(viewer).zoom = 0.1  # zoomed out again: overview of everything kept
     assert lod.points.visible and len(lod.points.data) == N - 1
     lod.close()
+
+
+def test_found_before_matches_dense_box_iou():
+    from napari_instanno.geometry import box_iou
+    from napari_instanno.napari.large_layers import _found_before
+
+    rng = np.random.default_rng(2)
+    old = rng.uniform(0, 200, (300, 2))
+    old = np.concatenate([old, old + rng.uniform(2, 12, (300, 2))], axis=1)
+    new = np.concatenate([old[:100] + rng.uniform(-1, 1, (100, 4)),
+                          rng.uniform(0, 200, (200, 2)).repeat(2, axis=1) + [0, 0, 6, 6]])
+    expected = box_iou(new, old).max(axis=1) >= 0.5
+    assert 50 < expected.sum() < len(new)
+    assert np.array_equal(_found_before(new, old, 0.5), expected)
+    assert not _found_before(new, old[:0], 0.5).any()

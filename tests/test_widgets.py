@@ -462,3 +462,7 @@ def test_huge_run_is_shown_through_level_of_detail(make_napari_viewer, qtbot, tm
                                 plugin="napari-instanno")
     anns = json.loads(open(saved).read())["annotations"]
     assert len(anns) == n and sum(a["status"] == "accepted" for a in anns) == n - 1
+
+    assert widget.run() is not None  # the same run again: every instance was reviewed, none twice
+    _wait(qtbot, widget)
+    assert len(lod.instances()) == n and widget._info.value.startswith("0 ")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import box_iou
+from ..geometry import polygon_box
 from ..instances import Instances
 from .layers import (
     AREA_TYPES,
@@ -159,12 +159,10 @@ class LevelOfDetail:
         proposed ones of that category; no twice-found reviewed ones); returns how many."""
         full = self.instances()
         if replace_category is not None:
-            names = np.array(full.category_names, dtype=object)
-            same = names == replace_category
-            full = full[~(same & (full.status == "proposed"))]
-            old = full.boxes[np.array(full.category_names, dtype=object) == replace_category]
-            if len(old) and len(inst):
-                inst = inst[box_iou(inst.boxes, old).max(axis=1) < iou]
+            same = np.array(full.category_names, dtype=object) == replace_category
+            drop = same & (full.status == "proposed")
+            full, old = full[~drop], _boxes(full[same & ~drop])
+            inst = inst[~_found_before(_boxes(inst), old, iou)]
         self.full = Instances.concat([full, inst])
         self.shown = np.zeros(0, dtype=np.int64)
         self._redraw()
@@ -221,6 +219,27 @@ class LevelOfDetail:
 def _centres(boxes: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.stack([(b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2], axis=1) - OFFSET
+
+
+def _boxes(inst: Instances) -> np.ndarray:
+    """The polygons' own boxes (a matcher's boxes may differ), as ``add_instances`` compares."""
+    return np.array([polygon_box(p) for p in inst.polygons]).reshape(-1, 4)
+
+
+def _found_before(new: np.ndarray, old: np.ndarray, iou: float) -> np.ndarray:
+    """Whether each ``new`` box has an IoU >= ``iou`` with an ``old`` one; only boxes that meet
+    are compared (an R-tree), so 100k x 100k stays cheap."""
+    import shapely
+
+    hit = np.zeros(len(new), dtype=bool)
+    if not len(new) or not len(old):
+        return hit
+    i, j = shapely.STRtree(shapely.box(*old.T)).query(shapely.box(*new.T), predicate="intersects")
+    inter = np.prod(np.clip(np.minimum(new[i, 2:], old[j, 2:])
+                            - np.maximum(new[i, :2], old[j, :2]), 0, None), axis=1)
+    union = np.prod(new[i, 2:] - new[i, :2], axis=1) + np.prod(old[j, 2:] - old[j, :2], axis=1)
+    hit[i[inter / np.maximum(union - inter, 1e-12) >= iou]] = True
+    return hit
 
 
 def _size(boxes: np.ndarray) -> float:
