@@ -5,7 +5,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from napari_instanno import InstannoError, Instances
+from napari_instanno import Instances, InstannoError
 from napari_instanno.geometry import mask_iou, polygon_to_mask
 from napari_instanno.io.coco import read_coco, write_coco
 from napari_instanno.io.geojson import read_geojson, to_feature_collection
