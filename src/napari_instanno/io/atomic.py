@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..errors import InstannoError
 
 
-def write_json_atomic(path: str | Path, data: Any, overwrite: bool = False) -> Path:
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename.
+@contextmanager
+def atomic_text_file(path: str | Path, overwrite: bool = False) -> Iterator[TextIO]:
+    """A text file handle whose content replaces ``path`` only when the block ends without error.
 
     Refuses to replace an existing file unless ``overwrite``; raises ``InstannoError`` with the
-    reason when the folder is missing or not writable.
+    reason when the folder is missing or not writable. A failed write leaves no file behind.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -29,7 +32,7 @@ def write_json_atomic(path: str | Path, data: Any, overwrite: bool = False) -> P
         raise InstannoError(f"cannot save to {path}: {err.strerror}; choose another folder") from err
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -38,7 +41,13 @@ def write_json_atomic(path: str | Path, data: Any, overwrite: bool = False) -> P
         if isinstance(err, OSError):
             raise InstannoError(f"cannot save to {path}: {err.strerror}") from err
         raise
-    return path
+
+
+def write_json_atomic(path: str | Path, data: Any, overwrite: bool = False) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (see ``atomic_text_file``)."""
+    with atomic_text_file(path, overwrite) as fh:
+        json.dump(data, fh)
+    return Path(path)
 
 
 def read_json(path: str | Path, what: str) -> Any:

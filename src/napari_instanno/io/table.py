@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import InstannoError
 from ..instances import Instances
+from .atomic import atomic_text_file
 
 
 def _pyarrow() -> Any:
@@ -160,24 +161,12 @@ def table_to_coco(table: str | Path, path: str | Path, image: dict | None = None
 def _stream_json(path: str | Path, overwrite: bool, head: dict, key: str, items: Iterator[Any],
                  tail: Any = None) -> Path:
     """Write ``{**head, key: [items...], **tail()}`` item by item, atomically."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InstannoError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InstannoError(f"cannot save to {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(head)[:-1] + f', "{key}": [')
-            for n, item in enumerate(items):
-                fh.write(("," if n else "") + json.dumps(item))
-            fh.write("]")
-            for k, v in (tail() if tail else {}).items():
-                fh.write(f", {json.dumps(k)}: {json.dumps(v)}")
-            fh.write("}")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_text_file(path, overwrite) as fh:
+        fh.write(json.dumps(head)[:-1] + f', "{key}": [')
+        for n, item in enumerate(items):
+            fh.write(("," if n else "") + json.dumps(item))
+        fh.write("]")
+        for k, v in (tail() if tail else {}).items():
+            fh.write(f", {json.dumps(k)}: {json.dumps(v)}")
+        fh.write("}")
+    return Path(path)
