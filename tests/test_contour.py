@@ -24,7 +24,7 @@ from napari_instanno.training.losses import (
     soft_rasterize,
     vector_loss,
 )
-from napari_instanno.training.train_contour import crop_iou, make_batch
+from napari_instanno.training.train_contour import build_model, crop_iou, make_batch
 
 
 def star(centre: tuple[float, float], r_out: float, r_in: float, points: int = 5,
@@ -154,3 +154,16 @@ def test_learned_outliner_outline_and_refine(trained):
 def test_missing_weights_is_a_clear_error(tmp_path):
     with pytest.raises(InstannoError, match="contour weights not found"):
         LearnedOutliner(weights=tmp_path / "none.safetensors")
+
+
+def test_build_model_starts_from_init_weights(trained, tmp_path):
+    model, path, _ = trained
+    cfg = {"model": model.config(), "init": str(path)}
+    start = build_model(cfg).state_dict()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(start[key].float(), value.float(), atol=2e-3, rtol=2e-3)
+    fresh = build_model({"model": model.config()}).state_dict()
+    assert any(not torch.allclose(fresh[k].float(), v.float())
+               for k, v in model.state_dict().items() if v.is_floating_point())
+    with pytest.raises(InstannoError):
+        build_model({"model": model.config(), "init": str(tmp_path / "missing.safetensors")})

@@ -23,7 +23,7 @@ import yaml
 from ..errors import InstannoError
 from ..geometry import resample_polygon
 from ..models.contour import ContourRegressor
-from ..models.weights import save_fp16
+from ..models.weights import load_safetensors, save_fp16
 from .datasets import CocoFolder, shared_folder
 from .losses import align_start, contour_loss, rasterize
 
@@ -199,6 +199,14 @@ def crop_iou(model: ContourRegressor, cache: dict[str, torch.Tensor], cfg: dict,
 
 
 # ------------------------------------------------------------------------- training
+def build_model(cfg: dict[str, Any]) -> ContourRegressor:
+    """The regressor of ``cfg["model"]``, initialised from ``cfg["init"]`` weights when set."""
+    model = ContourRegressor(**cfg["model"])
+    if cfg.get("init"):  # start from earlier weights (a later stage of a recipe)
+        load_safetensors(model, cfg["init"])
+    return model
+
+
 def _sampler(sizes: list[int], weights: list[float], batch: int, gen: torch.Generator
              ) -> tuple[torch.Tensor, torch.Tensor]:
     w = torch.tensor(weights, dtype=torch.float64)
@@ -225,7 +233,7 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
     print(f"training crops per source: {dict(zip([s['folder'] for s in dcfg['sources']], sizes))}; "
           f"val crops: {len(val['crops'])}", flush=True)
 
-    model = ContourRegressor(**cfg["model"]).to(device)
+    model = build_model(cfg).to(device)
     backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
     heads = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     opt = torch.optim.AdamW([{"params": backbone, "lr": tcfg["backbone_lr"]},
