@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# One torch thread: on a 2-core machine with any other load, a second OpenMP thread waiting on a
+# busy core makes small models 10-30x slower. Set before torch is imported (kernels inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
