@@ -79,3 +79,13 @@ def test_label_image_round_trip():
     for i in (1, 2):
         assert mask_iou(back == i, labels == i) > 0.95
     assert inst.to_masks(labels.shape).shape == (2, 50, 50)
+
+
+def test_from_masks_keeps_each_mask():
+    a = np.zeros((30, 30), bool)
+    a[2:10, 3:12] = True
+    b = np.zeros((30, 30), bool)
+    b[15:28, 15:20] = True
+    inst = Instances.from_masks([a, b, np.zeros((30, 30), bool)], category="cell")
+    assert len(inst) == 2 and inst.category_names == ["cell", "cell"]
+    assert mask_iou(inst.to_masks((30, 30))[1], b) > 0.95

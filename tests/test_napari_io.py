@@ -27,6 +27,7 @@ from napari_instanno.napari.layers import (
     set_status,
     status_colors,
 )
+from napari_instanno.samples import nuclei_sample
 
 
 def _squares(n: int = 5) -> Instances:
@@ -199,7 +200,7 @@ def test_sample_data_comes_with_a_reference_inside_the_image():
         assert kind == "image" and ref_kind == "shapes" and ref_meta["name"] == "reference"
         x0, y0, x1, y1 = rectangle_to_box(rects[0])
         assert 0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0]
-    image = _sample_data.nuclei_image()
+    image, _ = nuclei_sample()
     assert image.shape == (256, 256) and image.dtype == np.uint8
 
 

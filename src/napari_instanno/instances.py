@@ -77,14 +77,6 @@ class Instances:
         """Polygon areas in square pixels."""
         return np.array([polygon_area(p) for p in self.polygons], dtype=np.float64)
 
-    def with_category(self, name: str, category_id: int | None = None) -> Instances:
-        """A copy whose instances all belong to the category ``name``."""
-        cid = category_id if category_id is not None else 1
-        out = self[:]
-        out.categories = {cid: name}
-        out.category_ids = np.full(len(out), cid, dtype=np.int64)
-        return out
-
     @classmethod
     def concat(cls, parts: Sequence[Instances]) -> Instances:
         """Join several Instances; categories are merged by name and renumbered when ids clash."""

@@ -1,22 +1,24 @@
-"""Built-in sample images (no napari needed): coins and a nuclei image with a preset reference."""
+"""Built-in sample images (no napari needed), each with a preset reference box (x0, y0, x1, y1)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from importlib.resources import as_file, files
 
 import numpy as np
 
-SAMPLES = Path(__file__).parent / "sample_data"
+COINS_REF_BOX = (184.0, 103.0, 228.0, 146.0)  # one mid-sized coin
 
 
 def nuclei_sample() -> tuple[np.ndarray, np.ndarray]:
-    """The shipped nuclei image (CC0, BBBC038) and its preset reference box (x0, y0, x1, y1)."""
+    """The shipped 256x256 fluorescence nuclei image (dsb2018 / BBBC038, CC0) and its reference."""
     from .image import xywh_to_xyxy
     from .io.images import read_image_file
 
-    image = read_image_file(SAMPLES / "nuclei.png")
-    meta = json.loads((SAMPLES / "nuclei.json").read_text())
+    folder = files("napari_instanno").joinpath("sample_data")
+    with as_file(folder.joinpath("nuclei.png")) as path:
+        image = read_image_file(path)
+    meta = json.loads(folder.joinpath("nuclei.json").read_text())
     return image, xywh_to_xyxy(meta["ref_box_xywh"])
 
 
@@ -24,4 +26,4 @@ def coins_sample() -> tuple[np.ndarray, np.ndarray]:
     """scikit-image's coins (public domain) and a reference box around one coin."""
     from skimage.data import coins
 
-    return coins(), np.array([60.0, 10.0, 110.0, 65.0])
+    return coins(), np.array(COINS_REF_BOX)

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from importlib.resources import as_file, files
 from typing import Any
 
 import numpy as np
 
+from ..samples import coins_sample, nuclei_sample
 from .layers import box_to_rectangle
 
-COINS_REF_BOX = (184.0, 103.0, 228.0, 146.0)  # (x0, y0, x1, y1): one mid-sized coin
 REFERENCE = "reference"
-
-
-def nuclei_ref_box() -> np.ndarray:
-    """The preset reference box (x0, y0, x1, y1) of the nuclei sample."""
-    x, y, w, h = json.loads(files("napari_instanno").joinpath("sample_data/nuclei.json")
-                            .read_text())["ref_box_xywh"]
-    return np.array([x, y, x + w, y + h], dtype=float)
-
-
-def nuclei_image() -> np.ndarray:
-    """The 256x256 fluorescence nuclei image (dsb2018 / BBBC038, CC0)."""
-    from skimage.io import imread
-
-    with as_file(files("napari_instanno").joinpath("sample_data/nuclei.png")) as path:
-        return np.asarray(imread(path))
 
 
 def _with_reference(image: np.ndarray, name: str, box: Any) -> list[tuple]:
@@ -37,11 +20,11 @@ def _with_reference(image: np.ndarray, name: str, box: Any) -> list[tuple]:
 
 def make_coins() -> list[tuple]:
     """``skimage.data.coins`` with a reference box around one coin."""
-    from skimage.data import coins
-
-    return _with_reference(coins(), "coins", COINS_REF_BOX)
+    image, box = coins_sample()
+    return _with_reference(image, "coins", box)
 
 
 def make_nuclei() -> list[tuple]:
     """A fluorescence nuclei image with a reference box around one nucleus."""
-    return _with_reference(nuclei_image(), "nuclei", nuclei_ref_box())
+    image, box = nuclei_sample()
+    return _with_reference(image, "nuclei", box)
