@@ -466,3 +466,21 @@ def test_huge_run_is_shown_through_level_of_detail(make_napari_viewer, qtbot, tm
     assert widget.run() is not None  # the same run again: every instance was reviewed, none twice
     _wait(qtbot, widget)
     assert len(lod.instances()) == n and widget._info.value.startswith("0 ")
+
+
+def test_demo_viewer_shows_result_and_widget(make_napari_viewer):
+    from napari_instanno.cli import show_result
+    from napari_instanno.samples import nuclei_sample
+
+    viewer = make_napari_viewer()
+    image, box = nuclei_sample()
+    inst = Annotator(matcher="ncc", outliner="otsu").set_image(image).find_similar(box)
+    widget = show_result(viewer, image, inst)
+    layer = viewer.layers["nuclei instances"]
+    assert len(layer.data) == len(inst) > 10
+    assert list(layer.features["status"].unique()) == ["proposed"]
+    assert isinstance(widget, FindSimilarWidget)
+    assert widget in viewer.window.dock_widgets.values()
+    n_layers = len(viewer.layers)
+    assert widget.result_layer().name == layer.name  # the widget reviews the shown result
+    assert len(viewer.layers) == n_layers

@@ -175,14 +175,19 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if not a.no_viewer and os.environ.get("DISPLAY") and not os.environ.get("CI"):
         import napari
 
-        from .napari.layers import add_instances_layer
-
-        viewer = napari.Viewer()
-        viewer.add_image(image, name="nuclei")
-        add_instances_layer(viewer, inst, name="nucleus")
-        viewer.window.add_plugin_dock_widget("napari-instanno", "Find similar")
+        show_result(napari.Viewer(), image, inst)
         napari.run()
     return 0
+
+
+def show_result(viewer: object, image: np.ndarray, inst: object) -> object:
+    """Put the demo's image, its found instances and the Find similar widget (returned) in
+    ``viewer``."""
+    from .napari.layers import instances_to_shapes
+
+    viewer.add_image(image, name="nuclei")
+    viewer.add_shapes(name="nuclei instances", **instances_to_shapes(inst))
+    return viewer.window.add_plugin_dock_widget("napari-instanno", "Find similar")[1]
 
 
 COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "train": cmd_train,
