@@ -24,6 +24,13 @@ class OpenedImage:
     crs: Any = None
 
 
+def _channels_last(arr: Any) -> Any:
+    """A planar (C, H, W) TIFF array (C <= 4) as (H, W, C); anything else as it is."""
+    if arr.ndim == 3 and arr.shape[0] <= 4 < arr.shape[2]:
+        return arr.transpose(1, 2, 0)
+    return arr
+
+
 def _georef(path: Path) -> tuple[Any, Any]:
     try:
         import rasterio
@@ -60,9 +67,7 @@ def open_image(path: str | Path, level: int = 0) -> OpenedImage:
             store = tifffile.imread(path, aszarr=True, level=level)
             arr = zarr.open(store, mode="r")
             data = da.from_zarr(arr) if hasattr(arr, "shape") else da.from_zarr(arr[str(level)])
-            if data.ndim == 3 and data.shape[0] <= 4 < data.shape[2]:
-                data = data.transpose(1, 2, 0)  # planar (C, H, W) -> (H, W, C)
-            return OpenedImage(data, *_georef(path))
+            return OpenedImage(_channels_last(data), *_georef(path))
         return OpenedImage(read_image_file(path))
     except InstannoError:
         raise
@@ -104,10 +109,7 @@ def read_image_file(path: str | Path) -> np.ndarray:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
-            arr = tifffile.imread(path)
-            if arr.ndim == 3 and arr.shape[0] <= 4 < arr.shape[2]:
-                arr = np.moveaxis(arr, 0, -1)
-            return arr
+            return _channels_last(tifffile.imread(path))
         from skimage.io import imread
 
         return np.asarray(imread(path))
