@@ -53,8 +53,10 @@ def scene_episode(model: OneShotMatcher, rng: np.random.Generator) -> Episode:
                    crops[0].numpy(), local[0].numpy(), (ref[2:] - ref[:2]).astype(np.float32))
 
 
-def test_output_shapes() -> None:
-    model = OneShotMatcher(MatcherConfig(strides=(8, 16), dim=16), pretrained=False).eval()
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18"])
+def test_output_shapes(backbone: str) -> None:
+    model = OneShotMatcher(MatcherConfig(strides=(8, 16), dim=16, backbone=backbone),
+                           pretrained=False).eval()
     feats = model.features(torch.rand(2, 3, 64, 96))
     assert feats["feats"][8].shape == (2, 16, 8, 12)
     assert feats["feats"][16].shape == (2, 16, 4, 6)
@@ -177,14 +179,14 @@ def random_weights(tmp_path):
 
 
 def test_feature_cache_and_reference_across_images(random_weights) -> None:
-    matcher = LearnedMatcher(weights=random_weights, threshold=0.0)
+    matcher = LearnedMatcher(weights=random_weights, threshold=0.0, min_reference_side=0)
     calls = []
     features = matcher.model.features
     matcher.model.features = lambda x: calls.append(x.shape) or features(x)
     rng = np.random.default_rng(0)
     matcher.set_image(rng.random((70, 100, 3), dtype=np.float32))   # padded to 96 x 128
-    assert calls == [(1, 3, 96, 128)]
     ref_a = matcher.embed_reference(np.array([10, 10, 30, 30]))
+    assert calls == [(1, 3, 96, 128)]
     ref_b = matcher.embed_reference(np.array([40, 20, 60, 44]))
     boxes_a, scores_a = matcher.find(ref_a)
     matcher.find(ref_b)
@@ -196,10 +198,68 @@ def test_feature_cache_and_reference_across_images(random_weights) -> None:
     assert len(calls) == 2 and boxes.shape == (len(scores), 4)
 
 
+def test_small_references_are_matched_on_an_upscaled_image(random_weights) -> None:
+    matcher = LearnedMatcher(weights=random_weights, threshold=0.0, min_reference_side=48,
+                             max_upscale=4)
+    calls = []
+    features = matcher.model.features
+    matcher.model.features = lambda x: calls.append(tuple(x.shape[-2:])) or features(x)
+    matcher.set_image(np.random.default_rng(0).random((70, 100, 3), dtype=np.float32))
+    assert calls == []                                          # features come with a reference
+    ref = matcher.embed_reference(np.array([10, 10, 26, 26]))   # 16 px: 3x
+    assert ref["scale"] == 3.0 and calls == [(224, 320)]        # 210 x 300 padded to 32
+    matcher.embed_reference(np.array([50, 30, 66, 46]))         # same size: cached
+    assert len(calls) == 1
+    boxes, _ = matcher.find(ref)
+    assert len(boxes) and (boxes[:, [0, 2]] <= 100).all() and (boxes[:, [1, 3]] <= 70).all()
+    big = matcher.embed_reference(np.array([0, 0, 60, 60]))     # large enough: native scale
+    assert big["scale"] == 1.0 and calls[-1] == (96, 128)
+    assert matcher.scale_for(np.array([0, 0, 2, 2])) == 4.0     # capped by max_upscale
+    matcher.max_pixels = 70 * 100 * 2.3 ** 2                     # and by the pixel budget
+    assert matcher.scale_for(np.array([0, 0, 2, 2])) == 2.25
+
+
+def test_optimized_backbone_gives_the_same_features() -> None:
+    import torch
+
+    from napari_instanno.models.backbone import Backbone
+
+    torch.manual_seed(0)
+    net = Backbone(strides=(8, 16), pretrained=False).eval()
+    for m in net.modules():                      # non-trivial BatchNorm statistics to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = net(x)
+        fast = net.optimize_for_inference()(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    for s in (8, 16):
+        torch.testing.assert_close(fast[s], ref[s], rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_backbone_strides_and_offline_weights(tmp_path, monkeypatch) -> None:
+    from napari_instanno.models.backbone import Backbone
+
+    net = Backbone(strides=(4, 8, 16, 32), pretrained=False, arch="resnet50")
+    out = net(torch.rand(1, 3, 64, 64))
+    assert {s: tuple(f.shape[1:]) for s, f in out.items()} == {
+        4: (256, 16, 16), 8: (512, 8, 8), 16: (1024, 4, 4), 32: (2048, 2, 2)}
+    assert net.channels == {4: 256, 8: 512, 16: 1024, 32: 2048}
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(InstannoError, match="resnet18-f37072fd.pth not found offline"):
+        Backbone(arch="resnet18")
+    with pytest.raises(ValueError, match="available: mobilenet_v2, resnet18"):
+        Backbone(arch="vgg16")
+
+
 def test_missing_weights_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(InstannoError, match="matcher weights not found"):
         LearnedMatcher(weights=tmp_path / "nope.safetensors")
     matcher = LearnedMatcher.__new__(LearnedMatcher)
-    matcher.features = None
+    matcher.image = None
+    matcher.min_reference_side, matcher.max_upscale = 48.0, 4.0
     with pytest.raises(InstannoError, match="no image set"):
         matcher.embed_reference(np.array([0, 0, 5, 5]))

@@ -35,61 +35,95 @@ def load_matcher(weights: str | Path | None = None, device: str = "cpu") -> OneS
     cfg = MatcherConfig.from_dict(json.loads(meta.get("config", "{}")))
     model = OneShotMatcher(cfg, pretrained=False)
     load_safetensors(model, path)
-    return model.eval().to(device)
+    model.eval().backbone.optimize_for_inference()
+    return model.to(device)
 
 
 class LearnedMatcher:
-    """Cross-attention matcher: ``set_image`` caches the backbone features, prompts are cheap.
+    """Cross-attention matcher: ``set_image`` keeps the image, features are computed once per scale.
 
-    ``threshold`` is the lowest score kept, ``max_detections`` the most boxes returned and
-    ``nms_iou`` the overlap above which the weaker of two boxes is dropped.
+    Small references are matched on an upscaled image so that the reference is at least
+    ``min_reference_side`` pixels (geometric mean of its sides), by at most ``max_upscale`` and
+    to at most ``max_pixels``: the features have stride 8 and tiny objects would merge. Upscaling
+    by ``f`` costs ``f²``; features are cached for the last scale used, so new references of a
+    similar size only cost the cross-attention and heads. ``threshold`` is the lowest score kept,
+    ``max_detections`` the most boxes returned and ``nms_iou`` the overlap above which the weaker
+    of two boxes is dropped.
     """
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
                  threshold: float = 0.05, max_detections: int = 1000, nms_iou: float = 0.5,
-                 **_: object) -> None:
+                 min_reference_side: float = 48.0, max_upscale: float = 4.0,
+                 max_pixels: float = 2048 * 2048, **_: object) -> None:
         self.device = device
         self.model = load_matcher(weights, device)
         self.threshold = threshold
         self.max_detections = max_detections
         self.nms_iou = nms_iou
+        self.min_reference_side = float(min_reference_side)
+        self.max_upscale = max(float(max_upscale), 1.0)
+        self.max_pixels = float(max_pixels)
+        self.image: torch.Tensor | None = None
         self.features: dict | None = None
+        self.feature_scale: float | None = None
         self.shape: tuple[int, int] | None = None
 
     def set_image(self, rgb: np.ndarray) -> None:
-        """Compute and cache the features of an RGB [0, 1] (H, W, 3) image (padded internally)."""
+        """Keep an RGB [0, 1] (H, W, 3) image; features are computed at the scale a reference needs."""
         rgb = np.asarray(rgb, dtype=np.float32)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
             raise InstannoError(f"the matcher needs an (H, W, 3) RGB image, got {rgb.shape}")
-        h, w = rgb.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-        x = F.pad(x, (0, -w % PAD, 0, -h % PAD)).to(self.device)
-        with torch.inference_mode():
-            self.features = self.model.features(x)
-        self.shape = (h, w)
+        self.image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        self.shape = rgb.shape[:2]
+        self.features = self.feature_scale = None
 
-    def _need_image(self) -> dict:
-        if self.features is None:
+    def scale_for(self, box: np.ndarray) -> float:
+        """The upscaling factor for a reference box (x0, y0, x1, y1) on the current image (any image
+        before ``set_image``): 1, or a multiple of 1/4."""
+        side = float(np.sqrt(max(box[2] - box[0], 1e-6) * max(box[3] - box[1], 1e-6)))
+        f = np.ceil(min(self.min_reference_side / side, self.max_upscale) * 4) / 4
+        if self.shape is not None:
+            f = min(f, np.floor(np.sqrt(self.max_pixels / (self.shape[0] * self.shape[1])) * 4) / 4)
+        return max(1.0, float(f))
+
+    def _features(self, scale: float) -> dict:
+        if self.image is None:
             raise InstannoError("no image set on the matcher; call set_image first")
+        if self.features is None or self.feature_scale != scale:
+            self.features = None  # free the previous scale's features first
+            x = self.image
+            if scale != 1.0:
+                h, w = self.shape
+                x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear",
+                                  align_corners=False)
+            x = F.pad(x, (0, -x.shape[-1] % PAD, 0, -x.shape[-2] % PAD)).to(self.device)
+            with torch.inference_mode():
+                self.features = self.model.features(x)
+            self.feature_scale = scale
         return self.features
 
     def embed_reference(self, ref_box: np.ndarray) -> dict[str, Any]:
-        """Pooled reference features per scale and the box size (usable on any image)."""
-        feats = self._need_image()
-        box = torch.as_tensor(np.asarray(ref_box, dtype=np.float32).reshape(1, 4),
-                              device=self.device)
-        if not (box[0, 2] > box[0, 0] and box[0, 3] > box[0, 1]):
-            raise InstannoError(f"reference box {np.asarray(ref_box).tolist()} is empty")
+        """Pooled reference features per scale, the box size and the image scale (usable on any image)."""
+        box = np.asarray(ref_box, dtype=np.float32).reshape(4)
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise InstannoError(f"reference box {box.tolist()} is empty")
+        if self.image is None:
+            raise InstannoError("no image set on the matcher; call set_image first")
+        scale = self.scale_for(box)
+        feats = self._features(scale)
         with torch.inference_mode():
-            return self.model.embed_reference(feats, box)
+            ref = self.model.embed_reference(
+                feats, torch.as_tensor(box * scale, device=self.device)[None])
+        return {**ref, "scale": scale}
 
     def find(self, reference: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (N, 4) x0y0x1y1 and scores (N,) of every match in the current image, best first."""
-        feats = self._need_image()
+        scale = float(reference.get("scale", 1.0))
+        feats = self._features(scale)
         with torch.inference_mode():
             boxes, scores = self.model.detect(feats, reference, self.threshold,
                                               self.max_detections, self.nms_iou)[0]
-        boxes, scores = boxes.cpu().double().numpy(), scores.cpu().double().numpy()
+        boxes, scores = boxes.cpu().double().numpy() / scale, scores.cpu().double().numpy()
         h, w = self.shape
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         inside = (cx < w) & (cy < h)

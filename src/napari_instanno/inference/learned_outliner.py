@@ -32,7 +32,8 @@ def load_contour_model(weights: str | Path | None = None, device: str = "cpu"
         raise InstannoError(f"cannot read contour weights {path}: {err}") from err
     model = ContourRegressor(**shape, pretrained=False)
     load_safetensors(model, path)
-    return model.eval().to(device)
+    model.eval().backbone.optimize_for_inference()
+    return model.to(device)
 
 
 class LearnedOutliner:

@@ -101,9 +101,11 @@ def find_similar_tiled(
     (``level`` picks the level), an image path or a rasterio dataset; never loaded whole.
     ``ref_box`` (x0, y0, x1, y1) is in that level's pixels, as are the results. Tiles have
     ``tile_size`` cores and ``halo`` pixels of context (default: the reference's longest side,
-    rounded up to 32). ``value_range`` (per-channel low, high) defaults to one computed from a
-    low-resolution sample, shared by all tiles. ``scheduler``: None (dask threads, ``workers``
-    of them; 1 on a GPU), ``"sync"``, a ``distributed.Client`` or a scheduler address.
+    rounded up to 32); a matcher that upscales small references by ``f`` (``scale_for``) gets
+    tiles of about ``tile_size / f`` image pixels. ``value_range`` (per-channel low, high)
+    defaults to one computed from a low-resolution sample, shared by all tiles. ``scheduler``:
+    None (dask threads, ``workers`` of them; 1 on a GPU), ``"sync"``, a ``distributed.Client`` or
+    a scheduler address.
     ``progress(done, total)`` is called after every tile; ``cancel()`` is checked between tiles
     and stops the run cleanly with the finished tiles' results. ``checkpoint``: a folder where
     finished tiles are saved as they finish; rerunning with it redoes only the missing tiles.
@@ -118,6 +120,9 @@ def find_similar_tiled(
     if int(tile_size) < 16:
         raise InstannoError(f"tile_size {tile_size} is too small; use at least 16 pixels")
     tile_size = int(tile_size)
+    scale = float(getattr(annotator.matcher, "scale_for", lambda _box: 1.0)(box))
+    if scale > 1.0:  # the matcher upscales: keep the tiles it sees at about tile_size
+        tile_size = max(HALO_MULTIPLE, int(np.ceil(tile_size / scale / HALO_MULTIPLE)) * HALO_MULTIPLE)
     halo = default_halo(box) if halo is None else int(halo)
     if halo < 0:
         raise InstannoError(f"halo {halo} is negative")

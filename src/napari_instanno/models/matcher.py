@@ -33,6 +33,7 @@ class MatcherConfig:
     ref_size: int = 64          # side of the reference crop fed to the backbone
     context: float = 2.0        # crop side = context * the reference box's longer side ...
     min_crop: float = 64.0      # ... but at least this many image pixels (small objects at scale 1)
+    backbone: str = "mobilenet_v2"  # or resnet18 / resnet34 / resnet50 (models.backbone.ARCHS)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,7 +95,7 @@ class OneShotMatcher(nn.Module):
     def __init__(self, cfg: MatcherConfig | None = None, pretrained: bool = True) -> None:
         super().__init__()
         self.cfg = cfg = cfg or MatcherConfig()
-        self.backbone = Backbone(cfg.strides, pretrained=pretrained)
+        self.backbone = Backbone(cfg.strides, pretrained=pretrained, arch=cfg.backbone)
         self.strides = self.backbone.strides
         self.stride = self.strides[0]
         d = cfg.dim

