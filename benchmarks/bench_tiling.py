@@ -139,38 +139,22 @@ def compare(table_a: Path, table_b: Path, size: int) -> tuple[int, int, int, flo
     return matched, len(a) - matched, len(b) - matched, float(min(ious) if ious else 0)
 
 
-class _Stride8:
-    """Backbone -> its stride-8 map only (a module TorchScript can trace)."""
-
-    def __new__(cls, net):  # noqa: D102
-        import torch
-
-        class M(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.net(x)[8]
-
-        return M()
-
-
 def feature_pass(threads: int, device: str, size: int = 1024, reps: int = 4
                  ) -> dict[str, tuple[float, float]]:
-    """(wall MPix/s, MPix per CPU-second) of Backbone(strides=(8,)) on size x size RGB tiles,
-    eager and as a traced TorchScript module frozen by ``torch.jit.optimize_for_inference``."""
+    """(wall MPix/s, MPix per CPU-second) of Backbone(strides=(8,)) on size x size RGB tiles, as
+    trained (eager, BatchNorm separate) and as inference runs it (``optimize_for_inference``)."""
     import torch
 
     from napari_instanno.models.backbone import Backbone
 
     torch.set_num_threads(threads)
-    net = Backbone(strides=(8,)).eval().to(device)
     x = torch.rand(1, 3, size, size, device=device)
     out = {}
     with torch.inference_mode():
-        frozen = torch.jit.optimize_for_inference(torch.jit.trace(_Stride8(net).eval(), x))
-        for name, f in (("eager", net), ("optimize_for_inference", frozen)):
+        for name in ("as trained", "inference layout"):
+            f = Backbone(strides=(8,)).eval().to(device)
+            if name == "inference layout":
+                f.optimize_for_inference()
             f(x)
             f(x)
             if device == "cuda":
@@ -197,6 +181,7 @@ def main() -> None:
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="both runs; NCC's own cut-off (0.2) lets noise peaks flip with FFT rounding")
     p.add_argument("--workdir", default=None, help="where the zarr images go (default: a tmpdir)")
+    p.add_argument("--feature-pass-only", action="store_true", help="only the feature pass")
     p.add_argument("--child", choices=["tiled", "untiled"], help=argparse.SUPPRESS)
     p.add_argument("--image", help=argparse.SUPPRESS)
     p.add_argument("--table", help=argparse.SUPPRESS)
@@ -209,6 +194,8 @@ def main() -> None:
         print(f"feature pass (MobileNetV2 to stride 8, 1024^2, {args.threads} threads, "
               f"{args.device}, {name}): {wall:.2f} MPix/s wall, {cpu:.2f} MPix per CPU-second",
               flush=True)
+    if args.feature_pass_only:
+        return None
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         rows = []
         for size in sorted(args.sizes):

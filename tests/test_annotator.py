@@ -29,6 +29,17 @@ def test_find_similar_finds_every_disc_once(ncc, discs):
     assert 150 < disc.sum() < 260  # pi * 8^2 ~ 201
 
 
+def test_hitting_the_detection_limit_warns(ncc, discs, monkeypatch):
+    from napari_instanno.inference import baselines
+
+    img, centres = discs
+    ncc.set_image(img)
+    monkeypatch.setattr(baselines, "MAX_DETECTIONS", len(centres) - 2)
+    with pytest.warns(UserWarning, match="limit of .* detections"):
+        inst = ncc.find_similar(ref_box(centres[5]))
+    assert len(inst) == len(centres) - 2
+
+
 def test_box_to_polygon_and_refine(ncc, discs):
     img, centres = discs
     ncc.set_image(img)

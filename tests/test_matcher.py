@@ -198,6 +198,14 @@ def test_feature_cache_and_reference_across_images(random_weights) -> None:
     assert len(calls) == 2 and boxes.shape == (len(scores), 4)
 
 
+def test_detection_limit_warns(random_weights) -> None:
+    matcher = LearnedMatcher(weights=random_weights, threshold=0.0, max_detections=3)
+    matcher.set_image(np.random.default_rng(0).random((64, 64, 3), dtype=np.float32))
+    with pytest.warns(UserWarning, match="limit of 3 detections"):
+        boxes, _ = matcher.find(matcher.embed_reference(np.array([10, 10, 60, 60])))
+    assert len(boxes) <= 3
+
+
 def test_small_references_are_matched_on_an_upscaled_image(random_weights) -> None:
     matcher = LearnedMatcher(weights=random_weights, threshold=0.0, min_reference_side=48,
                              max_upscale=4)

@@ -155,14 +155,21 @@ def test_value_sample_of_a_large_lazy_image_reads_few_windows(monkeypatch):
     assert sum(areas) <= 1_100_000 and len(areas) == 64
 
 
-@pytest.mark.parametrize("fmt", [2, 3])
+@pytest.mark.parametrize("fmt", [2, 3, "dask", "ome"])
 def test_zarr_store_and_vanishing_store(ann, untiled, tmp_path, monkeypatch, fmt):
     path = tmp_path / f"img{fmt}.zarr"
-    z = zarr.create_array(str(path), shape=IMAGE.shape, chunks=(64, 64), dtype="u1",
-                          zarr_format=fmt)
-    z[:] = IMAGE
+    if fmt == "ome":
+        g = zarr.open_group(str(path), mode="w")
+        g.create_array("0", shape=IMAGE.shape, chunks=(64, 64), dtype="u1")[:] = IMAGE
+        g.attrs["multiscales"] = [{"axes": ["y", "x"], "datasets": [{"path": "0"}]}]
+    else:
+        z = zarr.create_array(str(path), shape=IMAGE.shape, chunks=(64, 64), dtype="u1",
+                              zarr_format=3 if fmt == "dask" else fmt)
+        z[:] = IMAGE
     areas = _record_reads(monkeypatch)
-    arr = zarr.open_array(str(path), mode="r")
+    arr = {"ome": lambda: zarr.open_group(str(path), mode="r"),
+           "dask": lambda: da.from_zarr(str(path))}.get(fmt, lambda: zarr.open_array(str(path),
+                                                                                     mode="r"))()
     assert _match(_tiled(ann, arr), untiled).min() >= 0.95
     assert max(areas) <= (TILE + 2 * 32) ** 2
 

@@ -19,6 +19,7 @@ from ..geometry import (
     polygon_to_mask,
     resample_polygon,
 )
+from .components import warn_if_capped
 
 MAX_DETECTIONS = 2000
 SNAP_VERTICES = 64  # the classical refine works on a ring of this many vertices
@@ -31,6 +32,7 @@ def _peaks_to_boxes(score_map: np.ndarray, ref_w: float, ref_h: float, stride: f
     min_dist = max(1, int(min(ref_w, ref_h) / stride / 2))
     peaks = peak_local_max(score_map, min_distance=min_dist, threshold_abs=threshold,
                            num_peaks=MAX_DETECTIONS, exclude_border=False)
+    warn_if_capped(len(peaks), MAX_DETECTIONS, "template")
     if len(peaks) == 0:
         return np.zeros((0, 4)), np.zeros(0)
     cy = (peaks[:, 0] + 0.5) * stride

@@ -7,9 +7,18 @@ the pixel-corner frame of ``geometry``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Protocol
 
 import numpy as np
+
+
+def warn_if_capped(found: int, cap: int, name: str) -> None:
+    """Warn that a matcher returned its maximum number of boxes (more may be in the image)."""
+    if found >= cap:
+        warnings.warn(f"the {name} matcher stopped at its limit of {cap} detections; the image may "
+                      "hold more: raise the limit or run it tiled (find_similar_tiled)",
+                      stacklevel=3)
 
 
 class Matcher(Protocol):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..errors import InstannoError
 from ..models.matcher import MatcherConfig, OneShotMatcher
 from ..models.weights import load_safetensors, models_dir, shipped_path
+from .components import warn_if_capped
 
 PAD = 32
 
@@ -52,7 +53,7 @@ class LearnedMatcher:
     """
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
-                 threshold: float = 0.05, max_detections: int = 1000, nms_iou: float = 0.5,
+                 threshold: float = 0.05, max_detections: int = 5000, nms_iou: float = 0.5,
                  min_reference_side: float = 48.0, max_upscale: float = 4.0,
                  max_pixels: float = 2048 * 2048, **_: object) -> None:
         self.device = device
@@ -123,6 +124,7 @@ class LearnedMatcher:
         with torch.inference_mode():
             boxes, scores = self.model.detect(feats, reference, self.threshold,
                                               self.max_detections, self.nms_iou)[0]
+        warn_if_capped(len(boxes), self.max_detections, "learned")
         boxes, scores = boxes.cpu().double().numpy() / scale, scores.cpu().double().numpy()
         h, w = self.shape
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2

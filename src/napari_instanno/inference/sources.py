@@ -47,6 +47,7 @@ class Source:
         self.shape: tuple[int, int] = shape[:2]
         self.dtype = np.dtype(array.dtype)
         self._rgb = (slice(0, 3),) if len(shape) == 3 and shape[2] > 3 else ()
+        self.roots = _store_roots(array)
 
     def _get(self, arr: Any, index: tuple) -> np.ndarray:
         out = arr[index]
@@ -66,9 +67,9 @@ class Source:
 
     def check_alive(self) -> None:
         """Raise ``SourceError`` when a local store behind the array has disappeared."""
-        root = _store_root(self.array)
-        if root is not None and not Path(root).exists():
-            raise SourceError(f"the image store {root} has disappeared")
+        for root in self.roots:
+            if not Path(root).exists():
+                raise SourceError(f"the image store {root} has disappeared")
 
     def sample(self, pixels: int = SAMPLE_PIXELS) -> np.ndarray:
         """At most ~``pixels`` pixels spread over the image, read cheaply.
@@ -166,6 +167,17 @@ def _store_root(array: Any) -> str | None:
     if root is None or not isinstance(root, (str, Path)) or "://" in str(root):
         return None
     return str(root)
+
+
+def _store_roots(array: Any) -> list[str]:
+    """The local zarr folders an array reads from: its own, or those a dask graph wraps."""
+    root = _store_root(array)
+    if root is not None:
+        return [root]
+    layers = getattr(getattr(array, "dask", None), "layers", {})
+    found = {r for name, layer in layers.items() if name.startswith("original-")  # from_zarr
+             for value in layer.values() if (r := _store_root(value)) is not None}
+    return sorted(found)
 
 
 def _levels(image: Any) -> list[Any] | None:
