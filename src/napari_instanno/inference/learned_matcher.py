@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InstannoError
-from ..models.matcher import MatcherConfig, OneShotMatcher
+from ..models.matcher import PEAK_WINDOW, MatcherConfig, OneShotMatcher
 from ..models.weights import load_safetensors, models_dir, shipped_path
 from .components import warn_if_capped
 
 PAD = 32
+CNN_CONTEXT = 64  # pixels of context beyond which the features barely change
 
 
 def load_matcher(weights: str | Path | None = None, device: str = "cpu") -> OneShotMatcher:
@@ -44,10 +45,11 @@ class LearnedMatcher:
     """Cross-attention matcher: ``set_image`` keeps the image, features are computed once per scale.
 
     Small references are matched on an upscaled image so that the reference is at least
-    ``min_reference_side`` pixels (geometric mean of its sides), by at most ``max_upscale`` and
-    to at most ``max_pixels``: the features have stride 8 and tiny objects would merge. Upscaling
-    by ``f`` costs ``f²``; features are cached for the last scale used, so new references of a
-    similar size only cost the cross-attention and heads. ``threshold`` is the lowest score kept,
+    ``min_reference_side`` pixels (geometric mean of its sides), by at most ``max_upscale``: the
+    features have stride 8 and tiny objects would merge. The factor depends on the reference
+    alone, so tiled and whole-image runs agree. Upscaling by ``f`` costs ``f²``; features are
+    cached for the last scale used, so new references of a similar size only cost the
+    cross-attention and heads. ``threshold`` is the lowest score kept,
     ``max_detections`` the most boxes returned and ``nms_iou`` the overlap above which the weaker
     of two boxes is dropped.
     """
@@ -55,7 +57,7 @@ class LearnedMatcher:
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
                  threshold: float = 0.05, max_detections: int = 5000, nms_iou: float = 0.5,
                  min_reference_side: float = 48.0, max_upscale: float = 4.0,
-                 max_pixels: float = 2048 * 2048, **_: object) -> None:
+                 **_: object) -> None:
         self.device = device
         self.model = load_matcher(weights, device)
         self.threshold = threshold
@@ -63,7 +65,6 @@ class LearnedMatcher:
         self.nms_iou = nms_iou
         self.min_reference_side = float(min_reference_side)
         self.max_upscale = max(float(max_upscale), 1.0)
-        self.max_pixels = float(max_pixels)
         self.image: torch.Tensor | None = None
         self.features: dict | None = None
         self.feature_scale: float | None = None
@@ -79,12 +80,9 @@ class LearnedMatcher:
         self.features = self.feature_scale = None
 
     def scale_for(self, box: np.ndarray) -> float:
-        """The upscaling factor for a reference box (x0, y0, x1, y1) on the current image (any image
-        before ``set_image``): 1, or a multiple of 1/4."""
+        """The upscaling factor for a reference box (x0, y0, x1, y1): 1, or a multiple of 1/4."""
         side = float(np.sqrt(max(box[2] - box[0], 1e-6) * max(box[3] - box[1], 1e-6)))
         f = np.ceil(min(self.min_reference_side / side, self.max_upscale) * 4) / 4
-        if self.shape is not None:
-            f = min(f, np.floor(np.sqrt(self.max_pixels / (self.shape[0] * self.shape[1])) * 4) / 4)
         return max(1.0, float(f))
 
     def _features(self, scale: float) -> dict:
@@ -93,10 +91,9 @@ class LearnedMatcher:
         if self.features is None or self.feature_scale != scale:
             self.features = None  # free the previous scale's features first
             x = self.image
-            if scale != 1.0:
-                h, w = self.shape
-                x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear",
-                                  align_corners=False)
+            if scale != 1.0:  # the exact factor: windows of an image upscale like the whole
+                x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
+                                  recompute_scale_factor=False)
             x = F.pad(x, (0, -x.shape[-1] % PAD, 0, -x.shape[-2] % PAD)).to(self.device)
             with torch.inference_mode():
                 self.features = self.model.features(x)
@@ -113,9 +110,17 @@ class LearnedMatcher:
         scale = self.scale_for(box)
         feats = self._features(scale)
         with torch.inference_mode():
-            ref = self.model.embed_reference(
-                feats, torch.as_tensor(box * scale, device=self.device)[None])
+            scaled = torch.as_tensor(box * scale, device=self.device)[None]
+            ref = self.model.embed_reference(feats, scaled)
+            ref = self.model.with_peaks(feats, ref, (scaled[:, :2] + scaled[:, 2:]) / 2)
         return {**ref, "scale": scale}
+
+    def reference_extent(self, box: np.ndarray) -> float:
+        """Half-side (image pixels) of the window around a box's centre that ``embed_reference``
+        depends on: the reference crop, the attention-peak window and the CNN's context."""
+        cfg, scale = self.model.cfg, self.scale_for(box)
+        crop = max(cfg.context * float(max(box[2] - box[0], box[3] - box[1])) * scale, cfg.min_crop)
+        return (max(crop, PEAK_WINDOW) / 2 + CNN_CONTEXT) / scale
 
     def find(self, reference: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (N, 4) x0y0x1y1 and scores (N,) of every match in the current image, best first."""

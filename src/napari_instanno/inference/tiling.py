@@ -102,8 +102,9 @@ def find_similar_tiled(
     ``ref_box`` (x0, y0, x1, y1) is in that level's pixels, as are the results. Tiles have
     ``tile_size`` cores and ``halo`` pixels of context (default: the reference's longest side,
     rounded up to 32); a matcher that upscales small references by ``f`` (``scale_for``) gets
-    tiles of about ``tile_size / f`` image pixels. ``value_range`` (per-channel low, high)
-    defaults to one computed from a low-resolution sample, shared by all tiles. ``scheduler``:
+    tiles of about ``tile_size / f`` image pixels, and tile sizes and halos on multiples of 64.
+    ``value_range`` (per-channel low, high) defaults to one computed from a low-resolution
+    sample, shared by all tiles. ``scheduler``:
     None (dask threads, ``workers`` of them; 1 on a GPU), ``"sync"``, a ``distributed.Client`` or
     a scheduler address.
     ``progress(done, total)`` is called after every tile; ``cancel()`` is checked between tiles
@@ -121,11 +122,14 @@ def find_similar_tiled(
         raise InstannoError(f"tile_size {tile_size} is too small; use at least 16 pixels")
     tile_size = int(tile_size)
     scale = float(getattr(annotator.matcher, "scale_for", lambda _box: 1.0)(box))
-    if scale > 1.0:  # the matcher upscales: keep the tiles it sees at about tile_size
-        tile_size = max(HALO_MULTIPLE, int(np.ceil(tile_size / scale / HALO_MULTIPLE)) * HALO_MULTIPLE)
+    grid = HALO_MULTIPLE
+    if scale > 1.0:  # the matcher upscales: keep the tiles it sees at about tile_size, with
+        grid = 2 * HALO_MULTIPLE  # origins that stay on the feature grid once upscaled (f = k/4)
+        tile_size = max(grid, int(np.ceil(tile_size / scale / grid)) * grid)
     halo = default_halo(box) if halo is None else int(halo)
     if halo < 0:
         raise InstannoError(f"halo {halo} is negative")
+    halo = int(np.ceil(halo / grid) * grid) if scale > 1.0 else halo
     if value_range is None:
         value_range = source.value_range()
     value_range = (np.asarray(value_range[0], np.float32), np.asarray(value_range[1], np.float32))
@@ -202,14 +206,21 @@ def _describe(component: Any) -> str:
 
 
 def _embed_reference(job: _Job, tiles: list[Tile], box: np.ndarray) -> Any:
-    """The matcher's reference, embedded in the window of the tile owning the box's centre."""
+    """The matcher's reference, embedded in the window of the tile owning the box's centre, or
+    in the window its ``reference_extent`` asks for around the box (as on the whole image)."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    tile = next(t for t in tiles if t.core[0] <= cy < t.core[1] and t.core[2] <= cx < t.core[3])
-    y0, y1, x0, x1 = tile.window
+    matcher = job.seed[0]
+    if hasattr(matcher, "reference_extent"):
+        half, grid = matcher.reference_extent(box), 2 * HALO_MULTIPLE
+        h, w = job.source.shape
+        y0, y1 = max(int((cy - half) // grid * grid), 0), min(int(np.ceil(cy + half)), h)
+        x0, x1 = max(int((cx - half) // grid * grid), 0), min(int(np.ceil(cx + half)), w)
+    else:
+        tile = next(t for t in tiles if t.core[0] <= cy < t.core[1] and t.core[2] <= cx < t.core[3])
+        y0, y1, x0, x1 = tile.window
     # the window must hold the whole box, whatever the halo
     y0, x0 = min(y0, int(np.floor(box[1]))), min(x0, int(np.floor(box[0])))
     y1, x1 = max(y1, int(np.ceil(box[3]))), max(x1, int(np.ceil(box[2])))
-    matcher = job.seed[0]
     matcher.set_image(to_rgb01(job.source.read(y0, y1, x0, x1), job.value_range))
     return matcher.embed_reference(box - np.array([x0, y0, x0, y0]))
 

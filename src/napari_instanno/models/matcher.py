@@ -23,6 +23,8 @@ from torchvision.ops import batched_nms, roi_align
 
 from .backbone import Backbone
 
+PEAK_WINDOW = 256.0  # side (pixels) of the square around a reference holding its attention peak
+
 
 @dataclass
 class MatcherConfig:
@@ -78,13 +80,20 @@ class CrossAttention(nn.Module):
         self.out = nn.Sequential(nn.Conv2d(3 * dim + 1, dim, 1), nn.ReLU(inplace=True))
         self.scale = 1.0 / math.sqrt(dim)
 
-    def forward(self, feat: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        qv = self.fc_q(q)[:, :, None, None]
-        k = self.fc_k(feat)
-        corr = qv * k
-        sim = corr.sum(1, keepdim=True) * self.scale
-        # softmax over positions, divided by its peak: bounded and independent of the image size
-        att = torch.exp(sim - sim.flatten(1).amax(1)[:, None, None, None])
+    def similarity(self, feat: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Channel-wise products ``FC_Q(Q) * FC_K(K)`` (B, d, H, W) and their scaled sum (B, 1, H, W)."""
+        corr = self.fc_q(q)[:, :, None, None] * self.fc_k(feat)
+        return corr, corr.sum(1, keepdim=True) * self.scale
+
+    def forward(self, feat: torch.Tensor, q: torch.Tensor, peak: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        corr, sim = self.similarity(feat, q)
+        # softmax over positions divided by its peak: bounded and independent of the image size.
+        # ``peak`` (B,), the similarity's maximum near the reference, makes it independent of
+        # the image's extent too (tiles); without it the maximum over the map is used.
+        if peak is None:
+            peak = sim.flatten(1).amax(1)
+        att = torch.exp((sim - peak[:, None, None, None]).clamp(max=0.0))
         cross = att * self.fc_v(feat)
         return self.out(torch.cat([feat, cross, corr, sim], 1))
 
@@ -150,11 +159,29 @@ class OneShotMatcher(nn.Module):
             q[s] = torch.cat([obj, f.mean((2, 3))], 1)
         return {"q": q, "size": sizes.float().clamp(min=1.0)}
 
+    def with_peaks(self, features: dict, ref: dict, centres: torch.Tensor,
+                   window: float = PEAK_WINDOW) -> dict:
+        """``ref`` with each scale's attention peak fixed to the similarity's maximum over the
+        ``window``-pixel square around each centre (N, 2) (x, y) in batch item 0's pixels."""
+        peaks = {}
+        for s in self.strides:
+            feat = features["feats"][s]
+            h, w = feat.shape[-2:]
+            vals = []
+            for i, (cx, cy) in enumerate(centres.tolist()):
+                r0, r1 = max(int((cy - window / 2) // s), 0), min(int((cy + window / 2) // s) + 1, h)
+                c0, c1 = max(int((cx - window / 2) // s), 0), min(int((cx + window / 2) // s) + 1, w)
+                _, sim = self.attn[str(s)].similarity(feat[:1, :, r0:r1, c0:c1], ref["q"][s][i:i + 1])
+                vals.append(sim.amax())
+            peaks[s] = torch.stack(vals)
+        return {**ref, "peak": peaks}
+
     def forward_maps(self, features: dict, ref: dict) -> torch.Tensor:
         """Raw head outputs (B, 5, H/8, W/8): heatmap logit, offset (2), log size ratio (2)."""
         out = None
+        peaks = ref.get("peak", {})
         for s in reversed(self.strides):
-            x = self.attn[str(s)](features["feats"][s], ref["q"][s])
+            x = self.attn[str(s)](features["feats"][s], ref["q"][s], peaks.get(s))
             out = x if out is None else x + F.interpolate(out, size=x.shape[-2:], mode="nearest")
         size = ref["size"]
         prior = torch.stack([torch.log2(size.amax(1) / 32.0), torch.log2(size[:, 0] / size[:, 1])],
