@@ -342,9 +342,10 @@ def test_table_stream_and_exports(ann, untiled, tmp_path):
     assert json.loads(coco.read_text())["categories"][0]["name"] == "object"
 
 
-def test_learned_models_tiled_agree_with_untiled():
+def test_learned_models_tiled_agree_with_untiled(monkeypatch):
     """The shipped matcher upscales this sample's small nuclei; tiles must still see the same
     features (origins on the upscaled feature grid, attention peak fixed near the reference)."""
+    from napari_instanno.inference import annotator
     from napari_instanno.samples import nuclei_sample
 
     image, ref = nuclei_sample()
@@ -354,3 +355,8 @@ def test_learned_models_tiled_agree_with_untiled():
     tiled = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5, workers=1)
     assert len(untiled) >= 10
     assert _match(untiled, tiled, image.shape[:2]).min() >= 0.95
+    # above the pixel budget, find_similar itself goes through tiles, with the same result
+    monkeypatch.setattr(annotator, "MAX_MATCH_PIXELS", 200 * 200)
+    reads = _record_reads(monkeypatch)
+    auto = ann.find_similar(ref, score_threshold=0.5)
+    assert len(reads) >= 2 and _match(untiled, auto, image.shape[:2]).min() >= 0.95

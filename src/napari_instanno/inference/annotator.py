@@ -27,6 +27,7 @@ OUTLINERS = {
 }
 WEIGHTS = {"matcher": "matcher", "outliner": "contour"}
 FALLBACK = {"matcher": "ncc", "outliner": "otsu"}
+MAX_MATCH_PIXELS = 3072 * 3072  # above this many (upscaled) pixels, find_similar works in tiles
 
 
 def default_device() -> str:
@@ -97,9 +98,21 @@ class Annotator:
 
     def find_similar(self, ref_box: Any, score_threshold: float = 0.0,
                      category: str = "object") -> Instances:
-        """Every instance similar to the one in ``ref_box``, outlined, best score first."""
-        matcher = self._component("matcher")
+        """Every instance similar to the one in ``ref_box``, outlined, best score first.
+
+        When the matcher would see more than ``MAX_MATCH_PIXELS`` (large images, or small
+        references it upscales), the image goes through it in tiles: same result, bounded memory.
+        """
+        if self._rgb is None:
+            raise InstannoError("no image set; call set_image(image) first")
         box = check_box(ref_box, self.image_shape, "reference box")
+        scale = float(getattr(self.matcher, "scale_for", lambda _box: 1.0)(box))
+        if scale**2 * self._rgb.shape[0] * self._rgb.shape[1] > MAX_MATCH_PIXELS:
+            from .tiling import find_similar_tiled
+
+            return find_similar_tiled(self, self._rgb, box, score_threshold=score_threshold,
+                                      category=category, value_range=((0.0,) * 3, (1.0,) * 3))
+        matcher = self._component("matcher")
         boxes, scores = matcher.find(matcher.embed_reference(box))
         keep = scores >= score_threshold
         boxes, scores = self._clip(boxes[keep]), scores[keep]
