@@ -151,6 +151,20 @@ def test_learned_outliner_outline_and_refine(trained):
     assert out.outline(np.zeros((0, 4))) == []
 
 
+def test_loaded_model_folds_batchnorms_without_changing_results(trained):
+    import copy
+
+    model, path, _ = trained          # trained: non-trivial BatchNorm statistics everywhere
+    model = copy.deepcopy(model).eval()
+    fast = LearnedOutliner(weights=path).model
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
+                   for m in fast.modules())
+    crops = torch.rand(3, 3, model.crop_size, model.crop_size)
+    with torch.no_grad():
+        ref, out = model(crops)[0][-1], fast(crops)[0][-1]
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=0)   # crop pixels; fp16 weights
+
+
 def test_missing_weights_is_a_clear_error(tmp_path):
     with pytest.raises(InstannoError, match="contour weights not found"):
         LearnedOutliner(weights=tmp_path / "none.safetensors")

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import InstannoError
 from ..geometry import polygon_box, resample_polygon, simplify
+from ..models.backbone import fold_batchnorms
 from ..models.contour import ContourRegressor
 from ..models.weights import load_safetensors, shipped_path
 from ..training.losses import signed_area
@@ -33,6 +34,7 @@ def load_contour_model(weights: str | Path | None = None, device: str = "cpu"
     model = ContourRegressor(**shape, pretrained=False)
     load_safetensors(model, path)
     model.eval().backbone.optimize_for_inference()
+    fold_batchnorms(model)  # the fusion layers and the snake heads' circular convolutions
     return model.to(device)
 
 

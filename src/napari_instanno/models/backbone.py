@@ -33,6 +33,21 @@ def _layers(arch: str, pretrained: bool) -> tuple[nn.Sequential, dict[int, tuple
     return nn.Sequential(stem, net.layer2, net.layer3, net.layer4), taps
 
 
+def fold_batchnorms(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows a convolution (siblings, in that order) into it.
+
+    In place, for inference: the BatchNorm becomes an ``Identity``.
+    """
+    for parent in list(module.modules()):
+        kids = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(kids, kids[1:]):
+            if isinstance(conv, (nn.Conv1d, nn.Conv2d)) and \
+                    isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+                setattr(parent, bn_name, nn.Identity())
+    return module
+
+
 class Backbone(nn.Module):
     """Multi-scale features of an RGB [0, 1] image batch (B, 3, H, W).
 
@@ -59,12 +74,7 @@ class Backbone(nn.Module):
         For inference only (about 2.5x faster on CPU; the results agree to float precision); the
         module stays a plain, picklable ``nn.Module``. Training needs a freshly built backbone.
         """
-        for parent in list(self.body.modules()):
-            kids = list(parent.named_children())
-            for (conv_name, conv), (bn_name, bn) in zip(kids, kids[1:]):
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                    setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
-                    setattr(parent, bn_name, nn.Identity())
+        fold_batchnorms(self.body)
         self.body.to(memory_format=torch.channels_last)
         self.inference_layout = True
         return self
