@@ -269,3 +269,25 @@ def test_missing_weights_is_a_clear_error(tmp_path) -> None:
     matcher.min_reference_side, matcher.max_upscale = 48.0, 4.0
     with pytest.raises(InstannoError, match="no image set"):
         matcher.embed_reference(np.array([0, 0, 5, 5]))
+
+
+def test_shipped_matcher_finds_half_to_twice_the_reference_size() -> None:
+    """The reference size is a prior, not a constraint: discs of 0.5x-2x its radius rank first."""
+    from napari_instanno.geometry import box_iou
+
+    rng = np.random.default_rng(0)
+    size, radii = 512, [8, 12, 16, 24, 32]
+    img = rng.normal(0.15, 0.03, (size, size)).astype(np.float32)
+    rr, cc = np.mgrid[:size, :size]
+    discs = []
+    for i, r in enumerate(radii * 3):
+        row, col = divmod(i, len(radii))
+        cy, cx = 60 + row * 150 + rng.uniform(-8, 8), 50 + col * 100 + rng.uniform(-5, 5)
+        img[(rr - cy) ** 2 + (cc - cx) ** 2 <= r * r] += 0.6
+        discs.append([cx - r, cy - r, cx + r, cy + r])
+    matcher = LearnedMatcher()
+    matcher.set_image(np.repeat(img.clip(0, 1)[..., None], 3, axis=2))
+    boxes, scores = matcher.find(matcher.embed_reference(np.array(discs[2])))   # radius 16
+    top = box_iou(np.array(discs), boxes[:len(discs)])
+    assert (top.max(axis=1) >= 0.6).all(), top.max(axis=1).round(2)     # every disc, every size
+    assert len(set(top.argmax(axis=1).tolist())) == len(discs)          # each by its own box
