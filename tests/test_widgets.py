@@ -13,7 +13,7 @@ from napari.utils.notifications import notification_manager
 
 from napari_instanno import InstannoError
 from napari_instanno.geometry import ellipse_polygon, polygon_box
-from napari_instanno.inference.annotator import Annotator
+from napari_instanno.inference.annotator import DEFAULT_MIN_SCORE, Annotator
 from napari_instanno.napari.layers import (
     HIDDEN,
     STATUS_COLORS,
@@ -102,6 +102,9 @@ def test_run_gives_polygons_with_features_and_the_screenshot_shows_them(setup):
 def test_threshold_review_keys_and_categories(setup):
     viewer, widget, qtbot = setup
     layer = _run(viewer, widget, qtbot)
+    assert widget._threshold.value == DEFAULT_MIN_SCORE                  # weak matches start hidden
+    assert (layer.features["score"] >= DEFAULT_MIN_SCORE).all()
+    widget._threshold.value = 0.0
     n = len(layer.data)
     scores = np.sort(layer.features["score"].to_numpy())
     widget._threshold.value = 0.7

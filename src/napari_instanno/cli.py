@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InstannoError
+from .inference.annotator import DEFAULT_MIN_SCORE
 
 LARGE_PIXELS = 4096 * 4096  # above this, images are processed in tiles and never loaded whole
 
@@ -29,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=("coco", "geojson"), default=None,
                     help="default: from the file suffix (.geojson -> geojson, else coco)")
     pr.add_argument("--category", default="object")
-    pr.add_argument("--score-threshold", type=float, default=0.0)
+    pr.add_argument("--score-threshold", type=float, default=DEFAULT_MIN_SCORE,
+                    help=f"keep matches scoring at least this (default {DEFAULT_MIN_SCORE})")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _model_args(pr)
     pr.add_argument("--level", type=int, default=0, help="multiscale level to read")
@@ -164,7 +166,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device).set_image(image)
-    inst = ann.find_similar(ref_box, category="nucleus")
+    inst = ann.find_similar(ref_box, DEFAULT_MIN_SCORE, category="nucleus")
     info = {"file_name": "nuclei.png", "height": image.shape[0], "width": image.shape[1]}
     write_coco(out / "nuclei.coco.json", [(info, inst)], overwrite=True)
     inst.to_geojson(out / "nuclei.geojson", overwrite=True)

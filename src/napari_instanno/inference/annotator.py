@@ -27,6 +27,7 @@ OUTLINERS = {
 }
 WEIGHTS = {"matcher": "matcher", "outliner": "contour"}
 FALLBACK = {"matcher": "ncc", "outliner": "otsu"}
+DEFAULT_MIN_SCORE = 0.3  # what the widget shows and predict / demo keep by default; the API keeps all
 MAX_MATCH_PIXELS = 3072 * 3072  # above this many (upscaled) pixels, find_similar works in tiles
 
 

@@ -39,6 +39,7 @@ from qtpy.QtCore import QObject, Signal
 from ..errors import InstannoError
 from ..geometry import polygon_area
 from ..image import check_box
+from ..inference.annotator import DEFAULT_MIN_SCORE
 from ..instances import Instances
 from ._reader import get_reader, read_geojson_layer
 from ._sample_data import REFERENCE
@@ -95,7 +96,8 @@ class FindSimilarWidget(Container):
         self._run = PushButton(text="Find similar")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._bar = ProgressBar(label="progress", value=0, min=0, max=1)
-        self._threshold = FloatSlider(label="min score", min=0.0, max=1.0, step=0.01, value=0.0,
+        self._threshold = FloatSlider(label="min score", min=0.0, max=1.0, step=0.01,
+                                      value=DEFAULT_MIN_SCORE,
                                       tracking=False)
         self._accept = PushButton(text=f"Accept sel. [{ACCEPT_KEY.upper()}]")
         self._reject = PushButton(text=f"Reject sel. [{REJECT_KEY.upper()}]")
