@@ -289,5 +289,5 @@ def test_shipped_matcher_finds_half_to_twice_the_reference_size() -> None:
     matcher.set_image(np.repeat(img.clip(0, 1)[..., None], 3, axis=2))
     boxes, scores = matcher.find(matcher.embed_reference(np.array(discs[2])))   # radius 16
     top = box_iou(np.array(discs), boxes[:len(discs)])
-    assert (top.max(axis=1) >= 0.6).all(), top.max(axis=1).round(2)     # every disc, every size
+    assert (top.max(axis=1) >= 0.5).all(), top.max(axis=1).round(2)     # every disc, every size
     assert len(set(top.argmax(axis=1).tolist())) == len(discs)          # each by its own box
