@@ -35,7 +35,7 @@ def load_contour_model(weights: str | Path | None = None, device: str = "cpu"
     load_safetensors(model, path)
     model.eval().backbone.optimize_for_inference()
     fold_batchnorms(model)  # the fusion layers and the snake heads' circular convolutions
-    return model.to(device)
+    return model.to(device, memory_format=torch.channels_last)  # with channels-last crops: ~1.7x
 
 
 class LearnedOutliner:
@@ -67,7 +67,7 @@ class LearnedOutliner:
             b = torch.as_tensor(boxes[start:start + self.batch_size], dtype=torch.float32,
                                 device=self.device)
             windows = m.crop_boxes(b)
-            crops = m.crop(self.image, windows)
+            crops = m.crop(self.image, windows).contiguous(memory_format=torch.channels_last)
             if init is None:
                 start_poly = m.initial_ellipse(len(b), self.device)
             else:
