@@ -95,7 +95,15 @@ class CrossAttention(nn.Module):
             peak = sim.flatten(1).amax(1)
         att = torch.exp((sim - peak[:, None, None, None]).clamp(max=0.0))
         cross = att * self.fc_v(feat)
-        return self.out(torch.cat([feat, cross, corr, sim], 1))
+        # out(cat([feat, cross, corr, sim])) as a sum of per-part 1x1 convolutions, the sim part
+        # folded into the corr one (sim = scale * corr summed over channels): the same function
+        # without the concatenation, which is slow for channels-last maps
+        conv, d = self.out[0], feat.shape[1]
+        w = conv.weight
+        w_corr = w[:, 2 * d:3 * d] + self.scale * w[:, 3 * d:3 * d + 1]
+        y = F.conv2d(feat, w[:, :d], conv.bias) + F.conv2d(cross, w[:, d:2 * d]) \
+            + F.conv2d(corr, w_corr)
+        return self.out[1](y)
 
 
 class OneShotMatcher(nn.Module):
@@ -185,8 +193,14 @@ class OneShotMatcher(nn.Module):
             out = x if out is None else x + F.interpolate(out, size=x.shape[-2:], mode="nearest")
         size = ref["size"]
         prior = torch.stack([torch.log2(size.amax(1) / 32.0), torch.log2(size[:, 0] / size[:, 1])],
-                            1)[:, :, None, None].expand(-1, -1, *out.shape[-2:])
-        return self.head(torch.cat([out, prior.to(out)], 1))
+                            1)[:, :, None, None].expand(-1, -1, *out.shape[-2:]).to(out)
+        # head(cat([out, prior])), its first convolution split in two (no concatenation)
+        first, d = self.head[0], out.shape[1]
+        layout = torch.channels_last if out.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format  # adding tensors of different layouts is slow
+        x = (F.conv2d(out, first.weight[:, :d], first.bias, padding=1)
+             + F.conv2d(prior.contiguous(memory_format=layout), first.weight[:, d:], padding=1))
+        return self.head[1:](x)
 
     def detect(self, features: dict, ref: dict, threshold: float = 0.05,
                max_detections: int = 1000, nms_iou: float = 0.5
