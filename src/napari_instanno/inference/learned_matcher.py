@@ -49,9 +49,8 @@ class LearnedMatcher:
     features have stride 8 and tiny objects would merge. The factor depends on the reference
     alone, so tiled and whole-image runs agree. Upscaling by ``f`` costs ``f²``; features are
     cached for the last scale used, so new references of a similar size only cost the
-    cross-attention and heads. ``threshold`` is the lowest score kept,
-    ``max_detections`` the most boxes returned and ``nms_iou`` the overlap above which the weaker
-    of two boxes is dropped.
+    cross-attention and heads. ``threshold`` is the lowest score kept, ``max_detections`` the
+    most boxes returned and ``nms_iou`` the overlap above which the weaker of two boxes is dropped.
     """
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
@@ -105,8 +104,6 @@ class LearnedMatcher:
         box = np.asarray(ref_box, dtype=np.float32).reshape(4)
         if not (box[2] > box[0] and box[3] > box[1]):
             raise InstannoError(f"reference box {box.tolist()} is empty")
-        if self.image is None:
-            raise InstannoError("no image set on the matcher; call set_image first")
         scale = self.scale_for(box)
         feats = self._features(scale)
         with torch.inference_mode():

@@ -104,9 +104,8 @@ def find_similar_tiled(
     rounded up to 32); a matcher that upscales small references by ``f`` (``scale_for``) gets
     tiles of about ``tile_size / f`` image pixels, and tile sizes and halos on multiples of 64.
     ``value_range`` (per-channel low, high) defaults to one computed from a low-resolution
-    sample, shared by all tiles. ``scheduler``:
-    None (dask threads, ``workers`` of them; 1 on a GPU), ``"sync"``, a ``distributed.Client`` or
-    a scheduler address.
+    sample, shared by all tiles. ``scheduler``: None (dask threads, ``workers`` of them; 1 on a
+    GPU), ``"sync"``, a ``distributed.Client`` or a scheduler address.
     ``progress(done, total)`` is called after every tile; ``cancel()`` is checked between tiles
     and stops the run cleanly with the finished tiles' results. ``checkpoint``: a folder where
     finished tiles are saved as they finish; rerunning with it redoes only the missing tiles.
