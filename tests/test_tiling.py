@@ -167,9 +167,12 @@ def test_zarr_store_and_vanishing_store(ann, untiled, tmp_path, monkeypatch, fmt
                               zarr_format=3 if fmt == "dask" else fmt)
         z[:] = IMAGE
     areas = _record_reads(monkeypatch)
-    arr = {"ome": lambda: zarr.open_group(str(path), mode="r"),
-           "dask": lambda: da.from_zarr(str(path))}.get(fmt, lambda: zarr.open_array(str(path),
-                                                                                     mode="r"))()
+    if fmt == "ome":
+        arr = zarr.open_group(str(path), mode="r")
+    elif fmt == "dask":
+        arr = da.from_zarr(str(path))
+    else:
+        arr = zarr.open_array(str(path), mode="r")
     assert _match(_tiled(ann, arr), untiled).min() >= 0.95
     assert max(areas) <= (TILE + 2 * 32) ** 2
 
