@@ -55,7 +55,7 @@ class LearnedMatcher:
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
                  threshold: float = 0.05, max_detections: int = 5000, nms_iou: float = 0.5,
-                 min_reference_side: float = 48.0, max_upscale: float = 4.0,
+                 min_reference_side: float = 36.0, max_upscale: float = 4.0,
                  **_: object) -> None:
         self.device = device
         self.model = load_matcher(weights, device)
