@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import InstannoError
 from ..models.matcher import PEAK_WINDOW, MatcherConfig, OneShotMatcher
-from ..models.weights import load_safetensors, models_dir, shipped_path
+from ..models.weights import load_safetensors, models_dir, read_metadata, shipped_path
 from .components import warn_if_capped
 
 PAD = 32
@@ -21,19 +21,13 @@ CNN_CONTEXT = 64  # pixels of context beyond which the features barely change
 
 def load_matcher(weights: str | Path | None = None, device: str = "cpu") -> OneShotMatcher:
     """The matcher from ``weights`` (default: the shipped checkpoint), in eval mode on ``device``."""
-    from safetensors import safe_open
-
     path = Path(weights) if weights is not None else shipped_path("matcher")
     if path is None or not path.is_file():
         raise InstannoError(
             f"matcher weights not found ({path or models_dir() / 'matcher.safetensors'}); "
             "train them with `instanno train matcher --config configs/matcher.yaml` "
             "or choose matcher='ncc'")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as err:
-        raise InstannoError(f"cannot read matcher weights {path}: {err}") from err
+    meta = read_metadata(path, "matcher")
     cfg = MatcherConfig.from_dict(json.loads(meta.get("config", "{}")))
     model = OneShotMatcher(cfg, pretrained=False)
     load_safetensors(model, path)

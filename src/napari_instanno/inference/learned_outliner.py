@@ -12,7 +12,7 @@ from ..errors import InstannoError
 from ..geometry import polygon_box, resample_polygon, simplify
 from ..models.backbone import fold_batchnorms
 from ..models.contour import ContourRegressor
-from ..models.weights import load_safetensors, shipped_path
+from ..models.weights import load_safetensors, read_metadata, shipped_path
 from ..training.losses import signed_area
 
 
@@ -24,13 +24,7 @@ def load_contour_model(weights: str | Path | None = None, device: str = "cpu"
         raise InstannoError(
             f"contour weights not found ({path or 'models/contour.safetensors'}); train them with "
             "`instanno train contour --config configs/contour.yaml` or choose outliner='otsu'")
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            shape = json.loads((fh.metadata() or {}).get("model", "{}"))
-    except Exception as err:
-        raise InstannoError(f"cannot read contour weights {path}: {err}") from err
+    shape = json.loads(read_metadata(path, "contour").get("model", "{}"))
     model = ContourRegressor(**shape, pretrained=False)
     load_safetensors(model, path)
     model.eval().backbone.optimize_for_inference()

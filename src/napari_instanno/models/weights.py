@@ -62,6 +62,17 @@ def save_fp16(model: torch.nn.Module, path: str | Path, metadata: dict[str, str]
     return path
 
 
+def read_metadata(path: str | Path, what: str) -> dict[str, str]:
+    """The metadata of a safetensors file (``what`` names it in the error when unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}
+    except Exception as err:
+        raise InstannoError(f"cannot read {what} weights {path}: {err}") from err
+
+
 def load_safetensors(model: torch.nn.Module, path: str | Path) -> dict[str, str]:
     """Load an fp16 safetensors checkpoint into ``model`` (cast to its dtype); return metadata."""
     from safetensors import safe_open
