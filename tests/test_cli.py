@@ -6,6 +6,7 @@ from pycocotools.coco import COCO
 from skimage.io import imsave
 
 from napari_instanno.cli import main
+from napari_instanno.errors import InstannoError
 from napari_instanno.instances import Instances
 from napari_instanno.io.coco import write_coco
 
@@ -128,3 +129,21 @@ def test_demo_writes_coco_geojson_and_overlay(tmp_path, capsys):
     overlay = imread(out / "nuclei_overlay.png")
     assert overlay.shape == (512, 512, 3)
     assert (overlay == [255, 215, 0]).all(axis=2).sum() > 100  # proposed outlines drawn
+
+
+def test_training_recipes_give_clear_errors_and_take_overrides(tmp_path):
+    from napari_instanno.training.recipes import load_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("**not yaml")
+    with pytest.raises(InstannoError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("steps: 3\n")
+    with pytest.raises(InstannoError, match="needs a 'data' section"):
+        load_config(bad)
+    with pytest.raises(InstannoError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    good = tmp_path / "good.yaml"
+    good.write_text("data: {a: 1}\ntrain: {steps: 3}\n")
+    cfg = load_config(good, ["train.steps=5", "train.use_cos=false", "model.dim=8"])
+    assert cfg["train"] == {"steps": 5, "use_cos": False} and cfg["model"] == {"dim": 8}

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from ..errors import InstannoError
 from ..geometry import resample_polygon
@@ -26,24 +25,9 @@ from ..models.contour import ContourRegressor
 from ..models.weights import load_safetensors, save_fp16
 from .datasets import CocoFolder, shared_folder
 from .losses import align_start, contour_loss, rasterize
+from .recipes import load_config
 
 GT_POINTS = 128  # ground-truth resampling for the masks; every other point gives the N=64 targets
-
-
-def load_config(config: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The YAML recipe with ``key.sub=value`` overrides (values parsed as YAML)."""
-    path = Path(config)
-    if not path.is_file():
-        raise InstannoError(f"config {path} not found")
-    cfg = yaml.safe_load(path.read_text())
-    for item in overrides or []:
-        key, _, value = item.partition("=")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return cfg
 
 
 # ------------------------------------------------------------------------- crop cache

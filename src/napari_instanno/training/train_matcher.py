@@ -20,24 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InstannoError
 from ..models.matcher import MatcherConfig, OneShotMatcher
 from ..models.weights import load_safetensors, save_fp16
 from .datasets import shared_folder
 from .episodes import Episode, EpisodeConfig, EpisodeSampler
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """The YAML recipe as a dict (raises InstannoError when missing or malformed)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise InstannoError(f"config {path} not found")
-    cfg = yaml.safe_load(path.read_text())
-    if not isinstance(cfg, dict) or "data" not in cfg:
-        raise InstannoError(f"config {path} needs a 'data' section (name: COCO folder)")
-    return cfg
+from .recipes import load_config
 
 
 def make_targets(boxes: list[np.ndarray], ref_size: torch.Tensor, shape: tuple[int, int],
