@@ -12,7 +12,7 @@ from ..errors import InstannoError
 from ..geometry import polygon_box
 from ..image import check_box, to_rgb01
 from ..instances import Instances
-from .components import Matcher, Outliner
+from .components import Matcher, Outliner, upscale_factor
 
 # name -> "module:Class"; learned models register here and are the default when their weights ship.
 MATCHERS = {
@@ -107,8 +107,8 @@ class Annotator:
         if self._rgb is None:
             raise InstannoError("no image set; call set_image(image) first")
         box = check_box(ref_box, self.image_shape, "reference box")
-        scale = float(getattr(self.matcher, "scale_for", lambda _box: 1.0)(box))
-        if scale**2 * self._rgb.shape[0] * self._rgb.shape[1] > MAX_MATCH_PIXELS:
+        h, w = self.image_shape
+        if upscale_factor(self.matcher, box) ** 2 * h * w > MAX_MATCH_PIXELS:
             from .tiling import find_similar_tiled
 
             return find_similar_tiled(self, self._rgb, box, score_threshold=score_threshold,

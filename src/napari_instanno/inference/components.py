@@ -13,6 +13,13 @@ from typing import Any, Protocol
 import numpy as np
 
 
+def upscale_factor(matcher: Any, box: np.ndarray) -> float:
+    """How much ``matcher`` upscales the image for reference ``box`` (1 unless it has
+    ``scale_for``, as the learned matcher does for small references)."""
+    scale_for = getattr(matcher, "scale_for", None)
+    return 1.0 if scale_for is None else float(scale_for(box))
+
+
 def warn_if_capped(found: int, cap: int, name: str) -> None:
     """Warn that a matcher returned its maximum number of boxes (more may be in the image)."""
     if found >= cap:

@@ -25,6 +25,7 @@ from ..errors import InstannoError
 from ..image import check_box, to_rgb01
 from ..instances import Instances
 from .checkpoint import TileResult, TileStore
+from .components import upscale_factor
 from .engine import borrow, release, run_tasks
 from .seams import Tile, near_edge, owned, plan_tiles, seam_nms
 from .sources import Source, SourceError, as_source
@@ -32,6 +33,7 @@ from .sources import Source, SourceError, as_source
 log = logging.getLogger(__name__)
 
 HALO_MULTIPLE = 32  # halos and tile origins on a multiple of the deepest feature stride
+UPSCALED_GRID = 2 * HALO_MULTIPLE  # ... on this one when the matcher upscales by k/4 (k/4 * 64 = 16k)
 MIN_SPLIT = 64  # an out-of-memory tile is split in four down to cores of this size
 
 
@@ -120,15 +122,14 @@ def find_similar_tiled(
     if int(tile_size) < 16:
         raise InstannoError(f"tile_size {tile_size} is too small; use at least 16 pixels")
     tile_size = int(tile_size)
-    scale = float(getattr(annotator.matcher, "scale_for", lambda _box: 1.0)(box))
-    grid = HALO_MULTIPLE
-    if scale > 1.0:  # the matcher upscales: keep the tiles it sees at about tile_size, with
-        grid = 2 * HALO_MULTIPLE  # origins that stay on the feature grid once upscaled (f = k/4)
-        tile_size = max(grid, int(np.ceil(tile_size / scale / grid)) * grid)
     halo = default_halo(box) if halo is None else int(halo)
     if halo < 0:
         raise InstannoError(f"halo {halo} is negative")
-    halo = int(np.ceil(halo / grid) * grid) if scale > 1.0 else halo
+    scale = upscale_factor(annotator.matcher, box)
+    if scale > 1.0:  # the matcher upscales: keep the tiles it sees at about tile_size, with
+        # origins that stay on its feature grid once upscaled (f = k/4)
+        tile_size = max(UPSCALED_GRID, int(np.ceil(tile_size / scale / UPSCALED_GRID)) * UPSCALED_GRID)
+        halo = int(np.ceil(halo / UPSCALED_GRID) * UPSCALED_GRID)
     if value_range is None:
         value_range = source.value_range()
     value_range = (np.asarray(value_range[0], np.float32), np.asarray(value_range[1], np.float32))
@@ -210,7 +211,7 @@ def _embed_reference(job: _Job, tiles: list[Tile], box: np.ndarray) -> Any:
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     matcher = job.seed[0]
     if hasattr(matcher, "reference_extent"):
-        half, grid = matcher.reference_extent(box), 2 * HALO_MULTIPLE
+        half, grid = matcher.reference_extent(box), UPSCALED_GRID
         h, w = job.source.shape
         y0, y1 = max(int((cy - half) // grid * grid), 0), min(int(np.ceil(cy + half)), h)
         x0, x1 = max(int((cx - half) // grid * grid), 0), min(int(np.ceil(cx + half)), w)
