@@ -203,9 +203,12 @@ class FindSimilarWidget(Container):
              ) -> tuple[Shapes, int]:
         """Add ``inst`` to a result layer as ``add_instances`` does; returns (layer, added).
 
-        More than ``LOD_ABOVE`` instances on a 2D, unscaled image move the layer's shapes into a
-        ``LevelOfDetail``, whose Shapes layer takes the result layer's name and place.
+        A layer deleted meanwhile (a background job's target) is replaced by the image's result
+        layer. More than ``LOD_ABOVE`` instances on a 2D, unscaled image move the layer's shapes
+        into a ``LevelOfDetail``, whose Shapes layer takes the result layer's name and place.
         """
+        if layer not in self._viewer.layers:
+            layer = self.result_layer()
         lod = layer.metadata.get(LOD_KEY)
         image = self.image_layer
         if lod is None and len(inst) > LOD_ABOVE and not idx and np.allclose(image.scale, 1) \
@@ -347,15 +350,12 @@ class FindSimilarWidget(Container):
             return inst
 
         def done(inst: Instances) -> None:
-            nonlocal layer
-            if layer not in self._viewer.layers:  # deleted while the job ran
-                layer = self.result_layer()
-            layer, n = self._add(layer, inst, idx, category)
-            lod = layer.metadata.get(LOD_KEY)
-            shown = len(lod.kept()) if lod is not None else len(layer.data)
+            target, n = self._add(layer, inst, idx, category)
+            lod = target.metadata.get(LOD_KEY)
+            shown = len(lod.kept()) if lod is not None else len(target.data)
             self._info.value = f"{n} '{category}' instances found; {shown} shown"
-            self._viewer.layers.selection.active = layer
-            layer.mode = "select"
+            self._viewer.layers.selection.active = target
+            target.mode = "select"
 
         return self._start("Find similar", work, done)
 
@@ -432,9 +432,6 @@ class FindSimilarWidget(Container):
             return polys
 
         def done(polys: list[np.ndarray]) -> None:
-            nonlocal layer
-            if layer not in self._viewer.layers:
-                layer = self.result_layer()
             inst = Instances(polygons=polys, categories={1: category},
                              status=np.full(len(polys), "accepted", dtype=object))
             self._add(layer, inst, idx)
