@@ -487,3 +487,12 @@ def test_demo_viewer_shows_result_and_widget(make_napari_viewer):
     n_layers = len(viewer.layers)
     assert widget.result_layer().name == layer.name  # the widget reviews the shown result
     assert len(viewer.layers) == n_layers
+
+
+def test_result_layer_deleted_during_a_run_gets_the_results_anyway(setup):
+    viewer, widget, qtbot = setup
+    assert widget.run() is not None
+    viewer.layers.remove(widget.result_layer())   # deleted while the job runs
+    _wait(qtbot, widget)
+    layer = viewer.layers["nuclei instances"]    # made again by the job's callback
+    assert len(layer.data) >= 40 and viewer.layers.selection.active is layer
