@@ -171,10 +171,7 @@ class LevelOfDetail:
     def _redraw(self) -> None:
         """Rebuild both views from ``full`` (after it changed outside the Shapes layer)."""
         self._show(self.shown[self.shown < len(self.full)])
-        self.points.data = _centres(self.full.boxes)
-        self.points.size = _size(self.full.boxes)
-        self.points.face_color = status_colors(self.full.status)
-        self.points.shown = self.full.scores >= self.min_score
+        self._refresh_points()
         self.drawn = None
         self.update()
 
@@ -211,7 +208,12 @@ class LevelOfDetail:
         old = self.full[np.setdiff1d(np.arange(len(self.full)), self.shown)]
         self.full = Instances.concat([old, edited])
         self.shown = np.arange(len(old), len(self.full))
+        self._refresh_points()
+
+    def _refresh_points(self) -> None:
+        """The overview's centres, sizes, colours and visibility from ``full``."""
         self.points.data = _centres(self.full.boxes)
+        self.points.size = _size(self.full.boxes)
         self.points.face_color = status_colors(self.full.status)
         self.points.shown = self.full.scores >= self.min_score
 
