@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,20 +44,24 @@ def cell_objects(iy: np.ndarray, ix: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def make_image(path: Path, size: int) -> None:
-    """Write a size x size uint8 zarr image chunk by chunk."""
+    """Write a size x size uint8 zarr image chunk by chunk (chunks in parallel threads)."""
     import zarr
 
     z = zarr.create_array(str(path), shape=(size, size), chunks=(CHUNK, CHUNK), dtype="u1")
-    for y0 in range(0, size, CHUNK):
-        for x0 in range(0, size, CHUNK):
-            yy, xx = np.mgrid[y0:y0 + CHUNK, x0:x0 + CHUNK]
-            iy, ix = (yy + CELL // 2) // CELL, (xx + CELL // 2) // CELL
-            present, cy, cx, r, b = cell_objects(iy, ix)
-            inside = present & ((yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= r**2)
-            rng = np.random.default_rng(y0 * size + x0)
-            chunk = 20 + rng.integers(0, 8, size=(CHUNK, CHUNK))
-            chunk = np.where(inside, b, chunk)
-            z[y0:y0 + CHUNK, x0:x0 + CHUNK] = chunk.astype(np.uint8)
+
+    def write(y0: int, x0: int) -> None:
+        yy, xx = np.mgrid[y0:y0 + CHUNK, x0:x0 + CHUNK]
+        iy, ix = (yy + CELL // 2) // CELL, (xx + CELL // 2) // CELL
+        present, cy, cx, r, b = cell_objects(iy, ix)
+        inside = present & ((yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= r**2)
+        rng = np.random.default_rng(y0 * size + x0)
+        chunk = 20 + rng.integers(0, 8, size=(CHUNK, CHUNK))
+        chunk = np.where(inside, b, chunk)
+        z[y0:y0 + CHUNK, x0:x0 + CHUNK] = chunk.astype(np.uint8)
+
+    starts = [(y0, x0) for y0 in range(0, size, CHUNK) for x0 in range(0, size, CHUNK)]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(lambda yx: write(*yx), starts))
 
 
 def ref_box() -> list[float]:
@@ -86,7 +92,7 @@ def child(args: argparse.Namespace) -> None:
     if args.mode == "tiled":
         find_similar_tiled(ann, arr, ref_box(), tile_size=args.tile_size, value_range=vr,
                            table=args.table, collect=False, workers=args.workers,
-                           score_threshold=args.score_threshold)
+                           score_threshold=args.score_threshold, batch_size=args.batch_size)
         n = count_rows(args.table)
     else:
         ann.set_image(arr[:], value_range=vr)
@@ -104,7 +110,8 @@ def run_child(image: Path, table: Path, mode: str, args: argparse.Namespace) -> 
     cmd = [sys.executable, __file__, "--child", mode, "--image", str(image), "--table", str(table),
            "--tile-size", str(args.tile_size), "--matcher", args.matcher, "--outliner",
            args.outliner, "--device", args.device, "--threads", str(args.threads),
-           "--workers", str(args.workers), "--score-threshold", str(args.score_threshold)]
+           "--workers", str(args.workers), "--score-threshold", str(args.score_threshold),
+           *(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
@@ -178,6 +185,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--workers", type=int, default=2, help="tiles in parallel (dask threads)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per batched pass (default: 8 on a GPU, 1 on the CPU)")
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="both runs; NCC's own cut-off (0.2) lets noise peaks flip with FFT rounding")
     p.add_argument("--workdir", default=None, help="where the zarr images go (default: a tmpdir)")

@@ -99,7 +99,8 @@ def test_predict_tiled_zarr_matches_untiled(tmp_path):
     assert main(["predict", str(tmp_path / "discs.zarr"), "--out", str(tmp_path / "a.json"),
                  *common]) == 0
     assert main(["predict", str(tmp_path / "discs.zarr"), "--out", str(tmp_path / "b.json"),
-                 "--tile-size", "128", "--checkpoint", str(tmp_path / "ckpt"), *common]) == 0
+                 "--tile-size", "128", "--batch-size", "2", "--checkpoint", str(tmp_path / "ckpt"),
+                 *common]) == 0
     whole = json.loads((tmp_path / "a.json").read_text())
     tiled = json.loads((tmp_path / "b.json").read_text())
     assert len(whole) == len(tiled) == len(centres)

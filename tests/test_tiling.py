@@ -23,7 +23,7 @@ from napari_instanno.inference.annotator import Annotator
 from napari_instanno.inference.baselines import NCCMatcher
 from napari_instanno.inference.seams import plan_tiles, seam_nms
 from napari_instanno.inference.sources import Source, as_source
-from napari_instanno.inference.tiling import TilingInterrupted, find_similar_tiled
+from napari_instanno.inference.tiling import TilingInterrupted, batches, find_similar_tiled
 
 SIZE, TILE, R = 512, 128, 8
 VR = ([0.0] * 3, [255.0] * 3)
@@ -345,21 +345,73 @@ def test_table_stream_and_exports(ann, untiled, tmp_path):
     assert json.loads(coco.read_text())["categories"][0]["name"] == "object"
 
 
-def test_learned_models_tiled_agree_with_untiled(monkeypatch):
-    """The shipped matcher upscales this sample's small nuclei; tiles must still see the same
-    features (origins on the upscaled feature grid, attention peak fixed near the reference)."""
-    from napari_instanno.inference import annotator
+@pytest.fixture(scope="module")
+def learned():
+    """The shipped models, the nuclei sample (small nuclei: the matcher upscales) and its
+    whole-image result."""
     from napari_instanno.samples import nuclei_sample
 
     image, ref = nuclei_sample()
     ann = Annotator(matcher="learned", outliner="learned", device="cpu")
     assert ann.matcher.scale_for(ref) > 1
     untiled = ann.set_image(image).find_similar(ref, score_threshold=0.5)
-    tiled = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5, workers=1)
     assert len(untiled) >= 10
+    return ann, image, ref, untiled
+
+
+def test_learned_models_tiled_agree_with_untiled(learned, monkeypatch):
+    """The shipped matcher upscales this sample's small nuclei; tiles must still see the same
+    features (origins on the upscaled feature grid, attention peak fixed near the reference)."""
+    from napari_instanno.inference import annotator
+
+    ann, image, ref, untiled = learned
+    tiled = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5, workers=1)
     assert _match(untiled, tiled, image.shape[:2]).min() >= 0.95
     # above the pixel budget, find_similar itself goes through tiles, with the same result
     monkeypatch.setattr(annotator, "MAX_MATCH_PIXELS", 200 * 200)
     reads = _record_reads(monkeypatch)
     auto = ann.find_similar(ref, score_threshold=0.5)
     assert len(reads) >= 2 and _match(untiled, auto, image.shape[:2]).min() >= 0.95
+
+
+def test_batches_stack_only_windows_of_one_shape():
+    tiles = plan_tiles((300, 250), 64, 32)
+    groups = batches(tiles, 4)
+    assert sorted(t.index for g in groups for t in g) == list(range(len(tiles)))
+    assert max(len(g) for g in groups) == 4 and len(groups) < len(tiles)
+    for g in groups:
+        assert len({(t.window[1] - t.window[0], t.window[3] - t.window[2]) for t in g}) == 1
+    assert [len(g) for g in batches(tiles, 1)] == [1] * len(tiles)
+
+
+def test_learned_batched_tiles_agree_and_fall_back_on_out_of_memory(learned, monkeypatch):
+    """Tiles matched in batches (as on a GPU) give the one-by-one result; a batch that runs out
+    of memory is redone tile by tile, and the run says so."""
+    from napari_instanno.inference.learned_matcher import LearnedMatcher
+
+    ann, image, ref, untiled = learned
+    sizes: list[int] = []
+    find_batch = LearnedMatcher.find_batch
+
+    def spy(self, images, reference):
+        sizes.append(len(images))
+        return find_batch(self, images, reference)
+
+    monkeypatch.setattr(LearnedMatcher, "find_batch", spy)
+    one = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5, workers=1,
+                             batch_size=1)
+    assert sizes == []
+    batched = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5, workers=2,
+                                 batch_size=4)
+    assert max(sizes) == 4
+    assert len(batched) == len(one) and _match(one, batched, image.shape[:2]).min() >= 0.99
+    np.testing.assert_allclose(batched.scores, one.scores, atol=1e-4)
+
+    def out_of_memory(self, images, reference):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    monkeypatch.setattr(LearnedMatcher, "find_batch", out_of_memory)
+    with pytest.warns(UserWarning, match="batch of 4 tiles ran out of memory; running them one"):
+        again = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5,
+                                   workers=1, batch_size=4)
+    assert _match(untiled, again, image.shape[:2]).min() >= 0.95

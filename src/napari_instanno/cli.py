@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--level", type=int, default=0, help="multiscale level to read")
     tiles = pr.add_argument_group("large images (tiled; automatic above 4096x4096 pixels)")
     tiles.add_argument("--tile-size", type=int, default=None, help="tile core size in pixels")
+    tiles.add_argument("--batch-size", type=int, default=None,
+                       help="tiles per batched pass (default: 8 on a GPU, 1 on the CPU)")
     tiles.add_argument("--scheduler", default=None,
                        help="dask.distributed scheduler address (default: local threads)")
     tiles.add_argument("--checkpoint", default=None,
@@ -100,7 +102,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     fmt = a.format or ("geojson" if a.out.lower().endswith((".geojson", ".geo.json")) else "coco")
     h, w = opened.data.shape[:2]
     large = h * w > LARGE_PIXELS
-    tiled = large or any(v is not None for v in (a.tile_size, a.scheduler, a.checkpoint, a.table))
+    tiled = large or any(v is not None for v in (a.tile_size, a.batch_size, a.scheduler,
+                                                  a.checkpoint, a.table))
     ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device)
     if a.box is not None:
         poly = _outline_one(ann, opened.data, _xywh(a.box), large)
@@ -113,7 +116,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
             inst = find_similar_tiled(
                 ann, opened.data, _xywh(a.ref_box), tile_size=a.tile_size or 1024,
                 category=a.category, score_threshold=a.score_threshold, scheduler=a.scheduler,
-                progress=progress, checkpoint=a.checkpoint, table=a.table)
+                progress=progress, checkpoint=a.checkpoint, table=a.table,
+                batch_size=a.batch_size)
         finally:
             progress.close()
     else:

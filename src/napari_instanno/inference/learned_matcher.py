@@ -83,15 +83,19 @@ class LearnedMatcher:
             raise InstannoError("no image set on the matcher; call set_image first")
         if self.features is None or self.feature_scale != scale:
             self.features = None  # free the previous scale's features first
-            x = self.image
-            if scale != 1.0:  # the exact factor: windows of an image upscale like the whole
-                x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
-                                  recompute_scale_factor=False)
-            x = F.pad(x, (0, -x.shape[-1] % PAD, 0, -x.shape[-2] % PAD)).to(self.device)
-            with torch.inference_mode():
-                self.features = self.model.features(x)
+            self.features = self._compute_features(self.image, scale)
             self.feature_scale = scale
         return self.features
+
+    def _compute_features(self, images: torch.Tensor, scale: float) -> dict:
+        """Features of a (B, 3, H, W) batch upscaled by ``scale`` and padded to a multiple of 32."""
+        x = images.to(self.device)  # upscaled where the model runs: on a GPU, a 4-16x smaller copy
+        if scale != 1.0:  # the exact factor: windows of an image upscale like the whole
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
+                              recompute_scale_factor=False)
+        x = F.pad(x, (0, -x.shape[-1] % PAD, 0, -x.shape[-2] % PAD))
+        with torch.inference_mode():
+            return self.model.features(x)
 
     def embed_reference(self, ref_box: np.ndarray) -> dict[str, Any]:
         """Pooled reference features per scale, the box size and the image scale (usable on any image)."""
@@ -118,11 +122,39 @@ class LearnedMatcher:
         scale = float(reference.get("scale", 1.0))
         feats = self._features(scale)
         with torch.inference_mode():
-            boxes, scores = self.model.detect(feats, reference, self.threshold,
-                                              self.max_detections, self.nms_iou)[0]
+            found = self.model.detect(feats, reference, self.threshold, self.max_detections,
+                                      self.nms_iou)[0]
+        return self._in_image(*found, scale, self.shape)
+
+    def find_batch(self, images: list[np.ndarray], reference: dict[str, Any]
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``find`` on each of several RGB [0, 1] images of one shape, in one batched pass (the
+        way tiles fill a GPU); the single-image feature cache is left alone."""
+        if not images:
+            return []
+        shape = np.shape(images[0])
+        if any(np.shape(im) != shape for im in images) or len(shape) != 3 or shape[2] != 3:
+            raise InstannoError("find_batch needs RGB images (H, W, 3) of one shape, got "
+                                f"{sorted({np.shape(im) for im in images})}")
+        scale = float(reference.get("scale", 1.0))
+        x = torch.from_numpy(np.ascontiguousarray(
+            np.stack(images).astype(np.float32, copy=False).transpose(0, 3, 1, 2)))
+        n = len(images)
+        feats = self._compute_features(x, scale)
+        ref = {"q": {s: q.expand(n, -1) for s, q in reference["q"].items()},
+               "size": reference["size"].expand(n, -1),
+               **({"peak": {s: p.expand(n) for s, p in reference["peak"].items()}}
+                  if "peak" in reference else {})}
+        with torch.inference_mode():
+            found = self.model.detect(feats, ref, self.threshold, self.max_detections, self.nms_iou)
+        return [self._in_image(b, s, scale, shape[:2]) for b, s in found]
+
+    def _in_image(self, boxes: torch.Tensor, scores: torch.Tensor, scale: float,
+                  shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Detections back in image pixels, those centred in the padding dropped, boxes clipped."""
         warn_if_capped(len(boxes), self.max_detections, "learned")
         boxes, scores = boxes.cpu().double().numpy() / scale, scores.cpu().double().numpy()
-        h, w = self.shape
+        h, w = shape
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         inside = (cx < w) & (cy < h)
         boxes, scores = boxes[inside], scores[inside]

@@ -15,7 +15,9 @@ import tempfile
 import uuid
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 HALO_MULTIPLE = 32  # halos and tile origins on a multiple of the deepest feature stride
 UPSCALED_GRID = 2 * HALO_MULTIPLE  # ... on this one when the matcher upscales by k/4 (k/4 * 64 = 16k)
 MIN_SPLIT = 64  # an out-of-memory tile is split in four down to cores of this size
+GPU_BATCH = 8  # tiles per batched pass on a GPU
+READ_THREADS = 8  # parallel window reads per batch
 
 
 class TilingInterrupted(InstannoError):
@@ -96,6 +100,7 @@ def find_similar_tiled(
     nms_iou: float = 0.5,
     table: str | Path | None = None,
     collect: bool = True,
+    batch_size: int | None = None,
 ) -> Instances:
     """Every instance similar to the one in ``ref_box``, found tile by tile.
 
@@ -106,8 +111,10 @@ def find_similar_tiled(
     rounded up to 32); a matcher that upscales small references by ``f`` (``scale_for``) gets
     tiles of about ``tile_size / f`` image pixels, and tile sizes and halos on multiples of 64.
     ``value_range`` (per-channel low, high) defaults to one computed from a low-resolution
-    sample, shared by all tiles. ``scheduler``: None (dask threads, ``workers`` of them; 1 on a
-    GPU), ``"sync"``, a ``distributed.Client`` or a scheduler address.
+    sample, shared by all tiles. ``scheduler``: None (dask threads, ``workers`` of them; 2 on a
+    GPU), ``"sync"``, a ``distributed.Client`` or a scheduler address. ``batch_size`` tiles
+    whose windows have one shape go through a matcher with ``find_batch`` in one pass, their
+    windows read in parallel (default: 8 on a GPU, 1 on the CPU, where batching gains nothing).
     ``progress(done, total)`` is called after every tile; ``cancel()`` is checked between tiles
     and stops the run cleanly with the finished tiles' results. ``checkpoint``: a folder where
     finished tiles are saved as they finish; rerunning with it redoes only the missing tiles.
@@ -164,27 +171,31 @@ def find_similar_tiled(
             job.seed = copy.deepcopy((matcher, outliner))
             job.reference = _embed_reference(job, tiles, box)
 
-            def on_outcome(out: _Outcome) -> bool:
+            def on_outcomes(outs: list[_Outcome]) -> bool:
                 nonlocal interrupted
-                for note in out.notes:
-                    warnings.warn(note, stacklevel=4)
-                if isinstance(out.error, SourceError):
-                    interrupted = str(out.error)
-                    return True
-                if out.error is not None:
-                    failures[out.index] = f"{type(out.error).__name__}: {out.error}"
-                    log.warning("tile %d failed: %s", out.index, failures[out.index])
-                else:
-                    results[out.index] = store.save(out.result)
-                if progress is not None:
-                    progress(len(results), total)
+                for out in outs:
+                    for note in out.notes:
+                        warnings.warn(note, stacklevel=4)
+                    if isinstance(out.error, SourceError):
+                        interrupted = str(out.error)
+                        return True
+                    if out.error is not None:
+                        failures[out.index] = f"{type(out.error).__name__}: {out.error}"
+                        log.warning("tile %d failed: %s", out.index, failures[out.index])
+                    else:
+                        results[out.index] = store.save(out.result)
+                    if progress is not None:
+                        progress(len(results), total)
                 return False
 
-            if workers is None:
-                workers = 1 if "cuda" in str(getattr(annotator, "device", "cpu")) \
-                    else min(os.cpu_count() or 1, 4)
-            stopped = run_tasks(_process_tile, job, pending, scheduler=scheduler,
-                                workers=workers, cancel=cancel, on_outcome=on_outcome)
+            on_gpu = "cuda" in str(getattr(annotator, "device", "cpu"))
+            if workers is None:  # on a GPU, two: one reads its tiles while the other computes
+                workers = 2 if on_gpu else min(os.cpu_count() or 1, 4)
+            if batch_size is None:
+                batch_size = GPU_BATCH if on_gpu else 1
+            stopped = run_tasks(_process_batch, job, batches(pending, batch_size),
+                                scheduler=scheduler, workers=workers, cancel=cancel,
+                                on_outcome=on_outcomes)
     finally:
         release(job.token)
     try:
@@ -225,17 +236,73 @@ def _embed_reference(job: _Job, tiles: list[Tile], box: np.ndarray) -> Any:
     return matcher.embed_reference(box - np.array([x0, y0, x0, y0]))
 
 
-def _process_tile(job: _Job, tile: Tile) -> _Outcome:
-    """One tile's outcome; errors are returned, not raised, so the run can carry on."""
-    out = _Outcome(tile.index)
-    y0, y1, x0, x1 = tile.core
-    own = (y0 - job.margin, y1 + job.margin, x0 - job.margin, x1 + job.margin)
+def _process_batch(job: _Job, tiles: list[Tile]) -> list[_Outcome]:
+    """The tiles' outcomes; errors are returned, not raised, so the run can carry on."""
     try:
         with borrow(job.token, job.components, job.seed) as comps:
-            out.result = _tile_result(job, comps, tile.index, tile.core, own, out.notes)
-    except Exception as err:  # reported by the caller with the tile's index
+            if len(tiles) > 1 and hasattr(comps[0], "find_batch"):
+                try:
+                    return _batch_outcomes(job, comps, tiles)
+                except SourceError:
+                    raise
+                except Exception as err:
+                    if not _out_of_memory(err):
+                        raise
+                outs = [_tile_outcome(job, comps, t) for t in tiles]
+                outs[0].notes.insert(0, f"a batch of {len(tiles)} tiles ran out of memory; "
+                                        "running them one at a time")
+                return outs
+            return [_tile_outcome(job, comps, t) for t in tiles]
+    except Exception as err:  # reported by the caller with the tiles' indices
+        return [_Outcome(t.index, error=err) for t in tiles]
+
+
+def _batch_outcomes(job: _Job, comps: tuple[Any, Any], tiles: list[Tile]) -> list[_Outcome]:
+    """Tiles with windows of one shape read in parallel and matched in one batched pass, then
+    outlined one by one (a tile whose outlining runs out of memory is redone on its own)."""
+    windows = [_window(job, t.core) for t in tiles]
+    with ThreadPoolExecutor(min(len(tiles), READ_THREADS)) as pool:
+        rgbs = list(pool.map(partial(_read, job), windows))
+    found = comps[0].find_batch(rgbs, job.reference)
+    outs = []
+    for tile, window, rgb, (boxes, scores) in zip(tiles, windows, rgbs, found, strict=True):
+        out = _Outcome(tile.index)
+        try:
+            out.result = _outlined(job, comps[1], tile.index, window, rgb, boxes, scores,
+                                   _owner(job, tile.core))
+        except Exception as err:
+            if isinstance(err, SourceError) or not _out_of_memory(err):
+                out.error = err
+            else:
+                out = _tile_outcome(job, comps, tile)
+        outs.append(out)
+    return outs
+
+
+def _tile_outcome(job: _Job, comps: tuple[Any, Any], tile: Tile) -> _Outcome:
+    """One tile's outcome, errors included."""
+    out = _Outcome(tile.index)
+    try:
+        out.result = _tile_result(job, comps, tile.index, tile.core, _owner(job, tile.core),
+                                  out.notes)
+    except Exception as err:
         out.error = err
     return out
+
+
+def _owner(job: _Job, core: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    """The rectangle a tile's detections must be centred in: its core grown by the margin."""
+    y0, y1, x0, x1 = core
+    return y0 - job.margin, y1 + job.margin, x0 - job.margin, x1 + job.margin
+
+
+def batches(tiles: list[Tile], size: int) -> list[list[Tile]]:
+    """The tiles in runs of at most ``size`` whose windows have one shape (so they stack)."""
+    groups: dict[tuple[int, int], list[Tile]] = {}
+    for t in tiles:
+        groups.setdefault((t.window[1] - t.window[0], t.window[3] - t.window[2]), []).append(t)
+    size = max(1, int(size))
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
 def _tile_result(job: _Job, comps: tuple[Any, Any], index: int, core: tuple[int, int, int, int],
@@ -285,22 +352,40 @@ def _out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
 
 
+def _window(job: _Job, core: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The core grown by the halo, clipped to the image: (y0, y1, x0, x1)."""
+    h, w = job.source.shape
+    return (max(core[0] - job.halo, 0), min(core[1] + job.halo, h),
+            max(core[2] - job.halo, 0), min(core[3] + job.halo, w))
+
+
+def _read(job: _Job, window: tuple[int, int, int, int]) -> np.ndarray:
+    return to_rgb01(job.source.read(*window), job.value_range)
+
+
 def _detect(job: _Job, comps: tuple[Any, Any], index: int, core: tuple[int, int, int, int],
             own: tuple[float, float, float, float]) -> TileResult:
     matcher, outliner = comps
-    h, w = job.source.shape
-    y0, y1 = max(core[0] - job.halo, 0), min(core[1] + job.halo, h)
-    x0, x1 = max(core[2] - job.halo, 0), min(core[3] + job.halo, w)
-    rgb = to_rgb01(job.source.read(y0, y1, x0, x1), job.value_range)
+    window = _window(job, core)
+    rgb = _read(job, window)
     matcher.set_image(rgb)
     boxes, scores = matcher.find(job.reference)
+    return _outlined(job, outliner, index, window, rgb, boxes, scores, own)
+
+
+def _outlined(job: _Job, outliner: Any, index: int, window: tuple[int, int, int, int],
+              rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+              own: tuple[float, float, float, float]) -> TileResult:
+    """The window's detections that the tile owns, in image coordinates, with their polygons."""
+    h, w = job.source.shape
+    y0, y1, x0, x1 = window
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     shift = np.array([x0, y0, x0, y0], dtype=np.float64)
     glob = boxes + shift
     glob[:, [0, 2]] = glob[:, [0, 2]].clip(x0, x1)
     glob[:, [1, 3]] = glob[:, [1, 3]].clip(y0, y1)
-    keep = (scores >= job.score_threshold) & owned(glob, (own[0], own[1], own[2], own[3]), 0.0)
+    keep = (scores >= job.score_threshold) & owned(glob, own, 0.0)
     keep &= (glob[:, 2] > glob[:, 0]) & (glob[:, 3] > glob[:, 1])
     glob, scores = glob[keep], scores[keep]
     polygons: list[np.ndarray] = []
