@@ -313,6 +313,26 @@ def test_out_of_memory_tile_is_split(untiled):
     assert _match(out, untiled).min() >= 0.95
 
 
+def test_out_of_memory_on_the_gpu_even_when_split_runs_on_the_cpu(untiled):
+    class GpuFull(NCCMatcher):
+        device = "cuda"
+
+        def to(self, device):
+            self.device = device
+            return self
+
+        def find(self, reference):
+            if self.device != "cpu":
+                raise RuntimeError("CUDA out of memory. Tried to allocate 64.00 MiB")
+            return super().find(reference)
+
+    ann = Annotator(matcher="ncc", outliner="otsu", device="cpu")
+    ann.matcher = GpuFull()
+    with pytest.warns(UserWarning, match="out of memory even when split; retrying it on the CPU"):
+        out = _tiled(ann, workers=1)
+    assert _match(out, untiled).min() >= 0.95
+
+
 def test_distributed_client(ann, untiled):
     distributed = pytest.importorskip("distributed")
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,

@@ -63,6 +63,13 @@ class LearnedMatcher:
         self.feature_scale: float | None = None
         self.shape: tuple[int, int] | None = None
 
+    def to(self, device: str) -> LearnedMatcher:
+        """Run on ``device`` from now on (features are recomputed there)."""
+        self.model.to(device)
+        self.device = device
+        self.features = self.feature_scale = None
+        return self
+
     def set_image(self, rgb: np.ndarray) -> None:
         """Keep an RGB [0, 1] (H, W, 3) image; features are computed at the scale a reference needs."""
         rgb = np.asarray(rgb, dtype=np.float32)
@@ -121,6 +128,7 @@ class LearnedMatcher:
         """Boxes (N, 4) x0y0x1y1 and scores (N,) of every match in the current image, best first."""
         scale = float(reference.get("scale", 1.0))
         feats = self._features(scale)
+        reference = _on(reference, self.device)
         with torch.inference_mode():
             found = self.model.detect(feats, reference, self.threshold, self.max_detections,
                                       self.nms_iou)[0]
@@ -141,6 +149,7 @@ class LearnedMatcher:
             np.stack(images).astype(np.float32, copy=False).transpose(0, 3, 1, 2)))
         n = len(images)
         feats = self._compute_features(x, scale)
+        reference = _on(reference, self.device)
         ref = {"q": {s: q.expand(n, -1) for s, q in reference["q"].items()},
                "size": reference["size"].expand(n, -1),
                **({"peak": {s: p.expand(n) for s, p in reference["peak"].items()}}
@@ -161,3 +170,12 @@ class LearnedMatcher:
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
         return boxes, scores
+
+
+def _on(tree: Any, device: str) -> Any:
+    """A reference (nested dicts of tensors) on ``device``."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _on(v, device) for k, v in tree.items()}
+    return tree

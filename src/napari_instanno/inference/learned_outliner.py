@@ -47,6 +47,13 @@ class LearnedOutliner:
         self.batch_size = batch_size or (256 if "cuda" in str(device) else 32)
         self.image: torch.Tensor | None = None
 
+    def to(self, device: str) -> LearnedOutliner:
+        """Run on ``device`` from now on."""
+        self.model.to(device)
+        self.image = None if self.image is None else self.image.to(device)
+        self.device = device
+        return self
+
     def set_image(self, rgb: np.ndarray) -> None:
         arr = np.ascontiguousarray(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1))
         self.image = torch.from_numpy(arr)[None].to(self.device)

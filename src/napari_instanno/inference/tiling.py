@@ -14,8 +14,9 @@ import os
 import tempfile
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -324,13 +325,30 @@ def _tile_result(job: _Job, comps: tuple[Any, Any], index: int, core: tuple[int,
                               np.concatenate([p.scores for p in parts]),
                               [q for p in parts for q in p.polygons],
                               sum(p.touched for p in parts))
-        if all(hasattr(c, "to") for c in comps):
+        if any(hasattr(c, "to") for c in comps):
             notes.append(f"tile {index} ran out of memory even when split; retrying it on the CPU")
-            cpu = tuple(copy.deepcopy(c) for c in comps)
-            for c in cpu:
-                c.to("cpu")
-            return _detect(job, cpu, index, core, own)
+            with _on_cpu(comps, notes):
+                return _detect(job, comps, index, core, own)
         raise
+
+
+@contextmanager
+def _on_cpu(comps: tuple[Any, Any], notes: list[str]) -> Iterator[None]:
+    """Move the components that have ``to(device)`` to the CPU, and back afterwards (where the
+    GPU still has no room for them, that copy stays on the CPU and the run says so)."""
+    movable = [(c, getattr(c, "device", None)) for c in comps if hasattr(c, "to")]
+    for c, _ in movable:
+        c.to("cpu")
+    try:
+        yield
+    finally:
+        for c, device in movable:
+            try:
+                c.to(device or "cpu")
+            except Exception as err:
+                if not _out_of_memory(err):
+                    raise
+                notes.append("no GPU memory to move a model copy back; it goes on on the CPU")
 
 
 def _split(core: tuple[int, int, int, int], own: tuple[float, float, float, float]
