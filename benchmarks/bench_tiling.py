@@ -87,6 +87,8 @@ def child(args: argparse.Namespace) -> None:
     baselines.MAX_DETECTIONS = 10**7  # the untiled baseline must not be capped at 2000
     arr = zarr.open_array(args.image, mode="r")
     ann = Annotator(matcher=args.matcher, outliner=args.outliner, device=args.device)
+    if args.half:
+        ann.matcher.half = True
     vr = as_source(arr).value_range()
     warm = np.asarray(arr[:512, :512])  # first-use imports and allocations stay out of the timing
     find_similar_tiled(ann, warm, ref_box(), tile_size=256, value_range=vr)
@@ -113,7 +115,8 @@ def run_child(image: Path, table: Path, mode: str, args: argparse.Namespace) -> 
            "--tile-size", str(args.tile_size), "--matcher", args.matcher, "--outliner",
            args.outliner, "--device", args.device, "--threads", str(args.threads),
            "--workers", str(args.workers), "--score-threshold", str(args.score_threshold),
-           *(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
+           *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
+           *(["--half"] if args.half else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
@@ -189,6 +192,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="tiles in parallel (dask threads)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per batched pass (default: 8 on a GPU, 1 on the CPU)")
+    p.add_argument("--half", action="store_true",
+                   help="learned matcher in float16 autocast (for a GPU)")
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="both runs; NCC's own cut-off (0.2) lets noise peaks flip with FFT rounding")
     p.add_argument("--workdir", default=None, help="where the zarr images go (default: a tmpdir)")

@@ -291,3 +291,26 @@ def test_shipped_matcher_finds_half_to_twice_the_reference_size() -> None:
     top = box_iou(np.array(discs), boxes[:len(discs)])
     assert (top.max(axis=1) >= 0.5).all(), top.max(axis=1).round(2)     # every disc, every size
     assert len(set(top.argmax(axis=1).tolist())) == len(discs)          # each by its own box
+
+
+def test_half_precision_finds_the_same_nuclei_and_keeps_float32_references() -> None:
+    """float16 autocast (the GPU fast path, emulated on the CPU) gives the float32 detections;
+    its references are float32, so they work with a float32 matcher and on any device."""
+    from napari_instanno.image import to_rgb01
+    from napari_instanno.samples import nuclei_sample
+
+    image, ref = nuclei_sample()
+    rgb = to_rgb01(image)
+    full, half = LearnedMatcher(), LearnedMatcher(half=True)
+    for m in (full, half):
+        m.set_image(rgb)
+    b32, s32 = full.find(full.embed_reference(ref))
+    r16 = half.embed_reference(ref)
+    assert all(q.dtype == torch.float32 for q in r16["q"].values())
+    b16, s16 = half.find(r16)
+    k32, k16 = s32 >= 0.3, s16 >= 0.3
+    assert k32.sum() >= 30 and abs(int(k32.sum()) - int(k16.sum())) <= 1
+    iou = box_iou(b32[k32], b16[k16])
+    assert (iou.max(axis=1) >= 0.9).mean() >= 0.98
+    mixed = full.find(r16)[1]  # a float16-made reference in a float32 matcher
+    assert abs(int((mixed >= 0.3).sum()) - int(k32.sum())) <= 1

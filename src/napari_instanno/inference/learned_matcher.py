@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,17 @@ class LearnedMatcher:
     cached for the last scale used, so new references of a similar size only cost the
     cross-attention and heads. ``threshold`` is the lowest score kept, ``max_detections`` the
     most boxes returned and ``nms_iou`` the overlap above which the weaker of two boxes is dropped.
+    ``half`` runs the network in float16 autocast (a GPU's fast path; references stay float32).
+    It is off by default until measured on a GPU: under CPU autocast it finds the same nuclei on
+    the sample, with scores within 0.003.
     """
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
                  threshold: float = 0.05, max_detections: int = 5000, nms_iou: float = 0.5,
                  min_reference_side: float = 36.0, max_upscale: float = 4.0,
-                 **_: object) -> None:
+                 half: bool = False, **_: object) -> None:
         self.device = device
+        self.half = bool(half)
         self.model = load_matcher(weights, device)
         self.threshold = threshold
         self.max_detections = max_detections
@@ -69,6 +74,14 @@ class LearnedMatcher:
         self.device = device
         self.features = self.feature_scale = None
         return self
+
+    def _inference(self) -> contextlib.ExitStack:
+        """Inference mode, in float16 autocast when ``half``."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(torch.autocast(torch.device(self.device).type, dtype=torch.float16,
+                                           enabled=self.half))
+        return stack
 
     def set_image(self, rgb: np.ndarray) -> None:
         """Keep an RGB [0, 1] (H, W, 3) image; features are computed at the scale a reference needs."""
@@ -101,7 +114,7 @@ class LearnedMatcher:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
                               recompute_scale_factor=False)
         x = F.pad(x, (0, -x.shape[-1] % PAD, 0, -x.shape[-2] % PAD))
-        with torch.inference_mode():
+        with self._inference():
             return self.model.features(x)
 
     def embed_reference(self, ref_box: np.ndarray) -> dict[str, Any]:
@@ -111,11 +124,11 @@ class LearnedMatcher:
             raise InstannoError(f"reference box {box.tolist()} is empty")
         scale = self.scale_for(box)
         feats = self._features(scale)
-        with torch.inference_mode():
+        with self._inference():
             scaled = torch.as_tensor(box * scale, device=self.device)[None]
             ref = self.model.embed_reference(feats, scaled)
             ref = self.model.with_peaks(feats, ref, (scaled[:, :2] + scaled[:, 2:]) / 2)
-        return {**ref, "scale": scale}
+        return {**_on(ref, self.device), "scale": scale}
 
     def reference_extent(self, box: np.ndarray) -> float:
         """Half-side (image pixels) of the window around a box's centre that ``embed_reference``
@@ -129,7 +142,7 @@ class LearnedMatcher:
         scale = float(reference.get("scale", 1.0))
         feats = self._features(scale)
         reference = _on(reference, self.device)
-        with torch.inference_mode():
+        with self._inference():
             found = self.model.detect(feats, reference, self.threshold, self.max_detections,
                                       self.nms_iou)[0]
         return self._in_image(*found, scale, self.shape)
@@ -154,7 +167,7 @@ class LearnedMatcher:
                "size": reference["size"].expand(n, -1),
                **({"peak": {s: p.expand(n) for s, p in reference["peak"].items()}}
                   if "peak" in reference else {})}
-        with torch.inference_mode():
+        with self._inference():
             found = self.model.detect(feats, ref, self.threshold, self.max_detections, self.nms_iou)
         return [self._in_image(b, s, scale, shape[:2]) for b, s in found]
 
@@ -173,9 +186,9 @@ class LearnedMatcher:
 
 
 def _on(tree: Any, device: str) -> Any:
-    """A reference (nested dicts of tensors) on ``device``."""
+    """A reference (nested dicts of tensors) on ``device``, floats as float32."""
     if isinstance(tree, torch.Tensor):
-        return tree.to(device)
+        return tree.to(device, torch.float32 if tree.is_floating_point() else None)
     if isinstance(tree, dict):
         return {k: _on(v, device) for k, v in tree.items()}
     return tree

@@ -117,8 +117,9 @@ def find_similar_tiled(
     whose windows have one shape go through a matcher with ``find_batch`` in one pass, their
     windows read in parallel (default: 8 on a GPU, 1 on the CPU, where batching gains nothing).
     ``progress(done, total)`` is called after every tile; ``cancel()`` is checked between tiles
-    (between batches of them) and stops the run cleanly with the finished tiles' results. ``checkpoint``: a folder where
-    finished tiles are saved as they finish; rerunning with it redoes only the missing tiles.
+    (between batches of them) and stops the run cleanly with the finished tiles' results.
+    ``checkpoint``: a folder where finished tiles are saved as they finish; rerunning with it
+    redoes only the missing tiles.
     ``table``: a parquet file receiving every instance, written tile by tile; with
     ``collect=False`` the instances are not gathered in memory (an empty Instances is returned).
     A tile that fails is reported and skipped (rerun with the checkpoint to retry it); an image
