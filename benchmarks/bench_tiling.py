@@ -26,7 +26,7 @@ import numpy as np
 
 CELL, CHUNK, RMIN, RMAX = 64, 1024, 6, 9
 BACKGROUND, EDGE = 24, 0.8  # soft (band-limited) edges, as optics give: the learned matcher scores
-# binary, aliased discs low (0.1-0.3, band-limited ones 0.7-0.9)
+# binary, aliased discs low (none above 0.5 here)
 REF_CELL = (5, 5)
 
 

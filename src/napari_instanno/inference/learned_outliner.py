@@ -37,8 +37,8 @@ class LearnedOutliner:
 
     ``tolerance`` (pixels) simplifies the output with Douglas-Peucker; 0 keeps all N vertices.
     ``batch_size`` instances go through the model at once (default: 32 on the CPU, 256 on a GPU).
-    It runs in float32: in float16 (CPU autocast) 10 of the 68 nuclei of the sample got
-    polygons nowhere near them.
+    It runs in float32: in float16 (CPU autocast) several of the sample's nuclei got polygons
+    nowhere near them.
     """
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
