@@ -66,15 +66,18 @@ def test_predict_box_to_geojson_and_refuses_overwrite(disc_png, tmp_path, capsys
     assert "exists" in capsys.readouterr().err
 
 
-def test_predict_geotiff_writes_map_coordinates(shared_data, tmp_path):
-    tif = shared_data / "sentinel2-fields" / "images" / "RGB_small.tif"
+def test_predict_geotiff_writes_map_coordinates(geo_folder, tmp_path):
+    tif = geo_folder / "images" / "discs.tif"
     out = tmp_path / "f.geojson"
-    assert main(["predict", str(tif), "--box", "200", "200", "20", "20", "--out", str(out),
+    # the disc centred at row 48.5, column 80.5: 10 m pixels from (512410 E, 6247200 N)
+    assert main(["predict", str(tif), "--box", "69", "37", "23", "23", "--out", str(out),
                  *FAST]) == 0
     data = json.loads(out.read_text())
     assert data["crs"]["properties"]["name"].endswith("32632")
-    x, y = data["features"][0]["geometry"]["coordinates"][0][0]
-    assert 512410 < x < 512410 + 452 * 10 and 6247200 - 413 * 10 < y < 6247200
+    xy = np.array(data["features"][0]["geometry"]["coordinates"][0])
+    centre = xy[:-1].mean(axis=0)
+    assert np.allclose(centre, [512410 + 80.5 * 10, 6247200 - 48.5 * 10], atol=10)
+    assert np.ptp(xy, axis=0).min() > 100  # a disc of radius 8 px, not a speck
 
 
 def test_predict_bad_input_is_one_line(tmp_path, disc_png, capsys):

@@ -80,6 +80,7 @@ def test_geojson_map_coordinates_round_trip():
     assert np.allclose(back.polygons[1], inst.polygons[1])
 
 
+@pytest.mark.needs_shared  # an independent reference: the fields in map coordinates
 def test_sentinel2_fields_to_crs_match_reference_within_half_pixel(shared_data, tmp_path):
     rasterio = pytest.importorskip("rasterio")  # declared in the testing extra
     import shapely

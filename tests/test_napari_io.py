@@ -148,15 +148,17 @@ def test_reader_declines_other_json(tmp_path):
     assert _reader.get_reader(str(tmp_path / "x.png")) is None
 
 
-def test_geotiff_reader_claims_only_georeferenced_tiffs(shared_data, tmp_path):
+def test_geotiff_reader_claims_only_georeferenced_tiffs(geo_folder, tmp_path):
     import tifffile
 
-    path = shared_data / "sentinel2-fields" / "images" / "RGB_small.tif"
+    path = geo_folder / "images" / "discs.tif"
     reader = _reader.get_geotiff_reader(str(path))
     assert reader is not None
     (data, meta, kind), = reader(str(path))
     assert kind == "image" and meta["rgb"] and isinstance(data, np.ndarray)
-    assert data.shape == (413, 452, 3) and data.dtype == np.uint16  # bands as stored (B, G, R)
+    assert data.shape == (128, 104, 3) and data.dtype == np.uint16
+    first = data[..., 0].astype(float)  # bands as stored, in order (the fixture scales them 1x, 2x, 3x)
+    assert np.allclose(data[..., 1], 2 * first, atol=2) and np.allclose(data[..., 2], 3 * first, atol=3)
     assert meta["metadata"]["crs"].to_epsg() == 32632
     assert meta["metadata"]["transform"].c == 512410.0
     lo, hi = meta["contrast_limits"]

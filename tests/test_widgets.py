@@ -352,22 +352,21 @@ def test_lazy_image_goes_through_tiling(make_napari_viewer, qtbot, discs, monkey
     assert np.allclose(layer.edge_color[-1], STATUS_COLORS["accepted"])
 
 
-def test_geotiff_saves_geojson_in_map_coordinates(make_napari_viewer, shared_data, tmp_path):
+def test_geotiff_saves_geojson_in_map_coordinates(make_napari_viewer, geo_folder, tmp_path):
     import json
 
     import rasterio
 
     from napari_instanno.io.geojson import read_geojson
 
-    folder = shared_data / "sentinel2-fields"
-    tif = folder / "images" / "RGB_small.tif"
+    tif = geo_folder / "images" / "discs.tif"
     viewer = make_napari_viewer()
     image, = viewer.open(str(tif), plugin="napari-instanno")
     assert image.rgb and image.metadata["crs"].to_epsg() == 32632
     widget = FindSimilarWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    assert widget.load(folder / "annotations.json") == 275
-    layer = viewer.layers["RGB_small instances"]
+    assert widget.load(geo_folder / "annotations.json") == 12
+    layer = viewer.layers["discs instances"]
     pixels = layer_to_instances(layer)
     path = widget.save(tmp_path / "fields.geojson")
     written = json.loads(path.read_text())
@@ -375,15 +374,15 @@ def test_geotiff_saves_geojson_in_map_coordinates(make_napari_viewer, shared_dat
     with rasterio.open(tif) as ds:
         b, transform = ds.bounds, ds.transform
     xy = np.concatenate([f["geometry"]["coordinates"][0] for f in written["features"]])
-    assert len(written["features"]) == 275
+    assert len(written["features"]) == 12
     assert (xy[:, 0] >= b.left - 1e-6).all() and (xy[:, 0] <= b.right + 1e-6).all()
     assert (xy[:, 1] >= b.bottom - 1e-6).all() and (xy[:, 1] <= b.top + 1e-6).all()
     back = read_geojson(path, transform=transform)
     assert all(np.allclose(p, q, atol=1e-4) for p, q in zip(pixels.polygons, back.polygons,
                                                             strict=True))
     # loading the map-coordinate file through the widget puts the polygons back on the pixels
-    assert widget.load(path) == 275
-    again = layer_to_instances(layer).polygons[275:]
+    assert widget.load(path) == 12
+    again = layer_to_instances(layer).polygons[12:]
     assert all(np.allclose(p, q, atol=1e-4) for p, q in zip(pixels.polygons, again, strict=True))
     # File > Save Layers writes map coordinates too
     viewer.layers.selection = {layer}
