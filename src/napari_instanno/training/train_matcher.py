@@ -112,7 +112,9 @@ def build(cfg: dict[str, Any], pretrained: bool = True) -> tuple[OneShotMatcher,
     ecfg = dict(cfg.get("episodes", {}))
     ecfg["weights"] = {n: float(s.get("weight", 1.0)) for n, s in cfg["data"].items()
                        if isinstance(s, dict)}
-    for key in ("scale", "ref_side"):
+    ecfg["synthetic_weights"] = {n: float(s.get("synthetic_weight", s.get("weight", 1.0)))
+                                 for n, s in cfg["data"].items() if isinstance(s, dict)}
+    for key in ("scale", "ref_side", "synth_ref_side", "copies", "copy_scale"):
         if key in ecfg:
             ecfg[key] = tuple(ecfg[key])
     return model, EpisodeSampler(folders, mcfg, EpisodeConfig(**ecfg))
@@ -125,11 +127,12 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-def train(config: str | Path, resume: bool = True, device: str | None = None) -> Path:
-    """Train the matcher from a recipe; returns the path of the fp16 safetensors weights."""
+def train(config: str | Path, resume: bool = True, device: str | None = None,
+          overrides: list[str] | None = None) -> Path:
+    """Train the matcher from a recipe (``key=value`` overrides); returns the fp16 weights' path."""
     from tqdm import tqdm
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(int(cfg.get("threads", 1)))
     seed = int(cfg.get("seed", 0))
@@ -216,8 +219,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="configs/matcher.yaml")
     parser.add_argument("--no-resume", action="store_true", help="start over")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override recipe entries, e.g. output_dir=/tmp/run")
     args = parser.parse_args(argv)
-    print(train(args.config, resume=not args.no_resume, device=args.device))
+    print(train(args.config, resume=not args.no_resume, device=args.device, overrides=args.set))
 
 
 if __name__ == "__main__":
