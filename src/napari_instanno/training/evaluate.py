@@ -54,13 +54,17 @@ def _coco_eval(gt: Any, results: list[dict], image_ids: list[int], iou_type: str
 def evaluate_oneshot(folder: str | Path, matcher: str | None = None, outliner: str | None = None,
                      max_images: int | None = None, device: str | None = None,
                      segm: bool = True) -> dict[str, Any]:
-    """One-shot episodes on a COCO folder; returns bbox (and segm) AP, AP50, AP75."""
+    """One-shot episodes on a COCO folder; returns bbox (and segm) AP, AP50, AP75.
+
+    A folder whose ground truth is boxes only (no segmentation) gets bbox metrics only.
+    """
     from pycocotools.coco import COCO
 
     data = CocoFolder(folder)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(data.annotations))
     ann = Annotator(matcher=matcher, outliner=outliner if segm else "ellipse", device=device)
+    segm = segm and any(a.get("segmentation") for a in gt.dataset.get("annotations", []))
     results, image_ids, t0 = [], [], time.perf_counter()
     for sample in data.samples[:max_images]:
         inst = sample.instances
