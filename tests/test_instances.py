@@ -89,3 +89,54 @@ def test_from_masks_keeps_each_mask():
     inst = Instances.from_masks([a, b, np.zeros((30, 30), bool)], category="cell")
     assert len(inst) == 2 and inst.category_names == ["cell", "cell"]
     assert mask_iou(inst.to_masks((30, 30))[1], b) > 0.95
+
+
+def donut_and_islands():
+    """A label-free mask: a square with a hole holding an island, and a second region."""
+    m = np.zeros((40, 40), bool)
+    m[2:20, 2:20] = True
+    m[6:14, 6:14] = False
+    m[9:11, 9:11] = True
+    m[25:35, 25:30] = True
+    return m
+
+
+def test_masks_keep_holes_and_parts():
+    from shapely.geometry import MultiPolygon
+
+    m = donut_and_islands()
+    inst = Instances.from_masks([m])
+    geom = inst.geometries[0]
+    assert isinstance(geom, MultiPolygon) and len(geom.geoms) == 3
+    assert sorted(len(p.interiors) for p in geom.geoms) == [0, 0, 1]
+    assert (inst.to_masks(m.shape)[0] == m).all()
+    # area of the whole geometry (hole subtracted, parts added), box around all parts
+    assert inst.areas[0] == pytest.approx(geom.area) and abs(inst.areas[0] - m.sum()) < 5
+    assert inst.boxes[0].tolist() == [2, 2, 30, 35]  # pixel corners
+    # polygons: the exterior of the largest part, (row, col), no closing vertex
+    assert polygon_box(inst.polygons[0]).tolist() == [2, 2, 20, 20]
+    labels = np.where(m, 3, 0).astype(np.int32)
+    from_labels = Instances.from_label_image(labels)
+    assert (from_labels.to_label_image(m.shape) > 0).sum() == m.sum()
+    assert inst[[0]].geometries[0].equals(geom)
+    assert Instances.concat([inst, inst]).geometries[1].equals(geom)
+
+
+def test_simple_polygons_give_geometries_and_the_other_way():
+    from shapely.geometry import Polygon
+
+    sq = square(2, 3, 4)
+    inst = Instances(polygons=[sq])
+    assert inst.geometries[0].equals(Polygon(sq[:, ::-1])) and inst.areas[0] == 16
+    back = Instances(geometries=[Polygon(sq[:, ::-1], [[(4, 3), (5, 3), (5, 4)]])])
+    assert np.array_equal(back.polygons[0], sq)  # exact, same vertex order
+    assert back.areas[0] == 15.5
+    with pytest.raises(ValueError, match="geometries"):
+        Instances(geometries=["not a polygon"])
+
+
+def test_exported_leaves_rejected_out():
+    inst = Instances(polygons=[square(0, 0, 2)] * 3, status=["accepted", "rejected", "proposed"])
+    assert inst.num_rejected == 1
+    assert inst.exported().status.tolist() == ["accepted", "proposed"]
+    assert len(inst.exported(include_rejected=True)) == 3

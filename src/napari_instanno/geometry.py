@@ -3,22 +3,121 @@
 Polygons are (K, 2) float arrays of (row, col) vertices in *pixel-corner* coordinates: pixel
 (r, c) covers [r, r+1) x [c, c+1), so swapping the columns gives COCO / QuPath (x, y) directly.
 Boxes are (x0, y0, x1, y1) in the same frame (torchvision's order).
+
+Whole instances (holes, several parts) are shapely ``Polygon`` / ``MultiPolygon`` geometries in
+(x, y) = (col, row) of the same frame, so their coordinates are COCO's and GeoJSON's pixels as
+they are. Rings are kept exactly as given (no reorientation, no closing vertex added to ours).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon, Polygon
 from skimage.draw import polygon as draw_polygon
 from skimage.measure import approximate_polygon, find_contours
 
+Geometry = Polygon | MultiPolygon
+
 
 def polygon_area(poly: np.ndarray) -> float:
-    """Shoelace area of a (K, 2) polygon."""
-    p = np.asarray(poly, dtype=np.float64)
-    if len(p) < 3:
-        return 0.0
-    r, c = p[:, 0], p[:, 1]
-    return float(abs(np.dot(r, np.roll(c, -1)) - np.dot(c, np.roll(r, -1))) / 2.0)
+    """Area of a (K, 2) polygon (0 with fewer than 3 vertices)."""
+    return float(ring_geometry(poly).area)
+
+
+def ring_geometry(poly: np.ndarray) -> Polygon:
+    """A (row, col) polygon as a shapely Polygon in (x, y); empty with fewer than 3 vertices."""
+    p = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+    return Polygon(p[:, ::-1]) if len(p) >= 3 else Polygon()
+
+
+def polygons_to_geometries(polys: Sequence[np.ndarray]) -> np.ndarray:
+    """An object array of shapely Polygons, one per (row, col) polygon, built in one call."""
+    out = np.empty(len(polys), dtype=object)
+    ok = [i for i, p in enumerate(polys) if len(p) >= 3]
+    out[:] = [Polygon()] * len(polys)
+    if ok:
+        rings = [np.vstack([polys[i][:, ::-1], polys[i][:1, ::-1]]) for i in ok]
+        ends = np.cumsum([len(r) for r in rings])
+        made = shapely.from_ragged_array(shapely.GeometryType.POLYGON, np.concatenate(rings),
+                                         (np.concatenate([[0], ends]), np.arange(len(ok) + 1)))
+        out[ok] = made
+    return out
+
+
+def parts_of(geom: Geometry) -> list[Polygon]:
+    """The polygons of a Polygon or MultiPolygon (none when empty)."""
+    if geom.is_empty:
+        return []
+    return list(geom.geoms) if isinstance(geom, MultiPolygon) else [geom]
+
+
+def rings_of(part: Polygon) -> list[np.ndarray]:
+    """A polygon's rings as (row, col) arrays without the closing vertex: exterior, then holes."""
+    return [np.asarray(r.coords)[:-1, ::-1] for r in (part.exterior, *part.interiors)]
+
+
+def outer_ring(geom: Geometry) -> np.ndarray:
+    """The (row, col) exterior ring of the largest part, without the closing vertex."""
+    parts = parts_of(geom)
+    if not parts:
+        return np.zeros((0, 2))
+    return rings_of(max(parts, key=lambda p: p.area))[0]
+
+
+def has_holes(geom: Geometry) -> bool:
+    """Whether any part of ``geom`` has an interior ring."""
+    return any(len(p.interiors) for p in parts_of(geom))
+
+
+def make_geometry(parts: Sequence[Polygon]) -> Geometry:
+    """One Polygon, or a MultiPolygon when there are several parts (empty when none)."""
+    parts = [p for p in parts if not p.is_empty]
+    if not parts:
+        return Polygon()
+    return parts[0] if len(parts) == 1 else MultiPolygon(parts)
+
+
+def geometry_to_mask(geom: Geometry, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean mask of the pixels whose centre lies inside ``geom`` (holes left out)."""
+    mask = np.zeros(shape, dtype=bool)
+    for part in parts_of(geom):
+        rings = rings_of(part)
+        inside = polygon_to_mask(rings[0], shape)
+        for hole in rings[1:]:
+            inside &= ~polygon_to_mask(hole, shape)
+        mask |= inside
+    return mask
+
+
+def mask_to_geometry(mask: np.ndarray, tolerance: float = 0.0) -> Geometry | None:
+    """Every region of ``mask`` with its holes, as a Polygon or MultiPolygon (None if empty).
+
+    Boundaries are traced between pixel centres (``find_contours`` at 0.5); outer boundaries come
+    out counter-clockwise in (x, y), holes clockwise, and each hole goes to the smallest region
+    around it. ``tolerance`` > 0 simplifies the result (shapely, topology kept).
+    """
+    m = np.pad(np.asarray(mask, dtype=np.float32), 1)
+    outers, holes = [], []
+    for c in find_contours(m, 0.5):
+        ring = Polygon(c[:-1, ::-1] - 0.5)  # undo padding, centre -> corner frame
+        if ring.area > 0:
+            (outers if ring.exterior.is_ccw else holes).append(ring)
+    if not outers:
+        return None
+    outers.sort(key=lambda p: p.area)
+    inner: list[list] = [[] for _ in outers]
+    for hole in holes:
+        owner = next((k for k, o in enumerate(outers) if o.covers(hole)), None)
+        if owner is not None:
+            inner[owner].append(hole.exterior.coords)
+    geom = make_geometry([Polygon(o.exterior.coords, h) for o, h in
+                          sorted(zip(outers, inner, strict=True), key=lambda oh: -oh[0].area)])
+    if tolerance > 0:
+        geom = geom.simplify(tolerance, preserve_topology=True)
+    return geom
 
 
 def polygon_box(poly: np.ndarray) -> np.ndarray:
@@ -42,13 +141,10 @@ def mask_to_polygon(mask: np.ndarray, tolerance: float = 0.0) -> np.ndarray | No
 
     ``tolerance`` > 0 simplifies it with Douglas-Peucker (in pixels).
     """
-    m = np.pad(np.asarray(mask, dtype=np.float32), 1)
-    contours = find_contours(m, 0.5)
-    if not contours:
+    geom = mask_to_geometry(mask)
+    if geom is None:
         return None
-    best = max(contours, key=polygon_area)
-    best = best[:-1] if len(best) > 1 and np.allclose(best[0], best[-1]) else best
-    poly = best - 1.0 + 0.5  # undo padding, centre -> corner frame
+    poly = outer_ring(geom)
     if tolerance > 0:
         poly = simplify(poly, tolerance)
     return poly if len(poly) >= 3 else None

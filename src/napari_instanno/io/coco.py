@@ -1,96 +1,88 @@
 """COCO JSON: datasets with several images, and results lists that COCOeval accepts.
 
-COCO's (x, y) are our (col, row) in the same pixel-corner frame; ``bbox`` and ``area`` are computed
-from the polygon. RLE segmentations (as in dsb2018) are read by decoding them to masks.
+COCO's (x, y) are our geometries' coordinates (pixel-corner frame). An instance of one or several
+parts without holes is written as polygons, one per part, as they are (no rounding); one with
+holes, which COCO polygons cannot hold, as an RLE mask (the image's height and width are needed)
+plus an ``instanno_rings`` field with the exact rings (``[[exterior, hole, ...], ...]`` per part,
+each flat ``[x0, y0, x1, y1, ...]``), which our reader prefers. ``bbox`` and ``area`` come from the
+whole geometry. Review status, score and extra properties are extra annotation fields; rejected
+instances are left out unless ``include_rejected``.
+
+The reader checks everything before it computes (types, finite coordinates within
+``MAX_COORD``, polygons of at least 3 vertices, RLE strings well formed and the size of their
+image), so a hostile file gives one ``InstannoError`` naming the file, the annotation and what is
+wrong, and pycocotools is never handed something that could crash it.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
+from shapely.affinity import translate
+from shapely.geometry import MultiPolygon, Polygon
 
 from ..errors import InstannoError
-from ..geometry import mask_to_polygon, polygon_area, polygon_box
-from ..instances import Instances
+from ..geometry import Geometry, has_holes, make_geometry, mask_to_geometry, parts_of, rings_of
+from ..instances import STATUSES, Instances
 from .atomic import read_json, write_json_atomic
 
-
-def polygon_to_coco(poly: np.ndarray) -> list[float]:
-    """A (row, col) polygon as COCO's flat [x0, y0, x1, y1, ...] list."""
-    return np.asarray(poly)[:, ::-1].reshape(-1).round(3).tolist()
-
-
-def coco_to_polygon(flat: list[float]) -> np.ndarray:
-    """COCO's flat (x, y) list as a (row, col) polygon."""
-    return np.asarray(flat, dtype=np.float64).reshape(-1, 2)[:, ::-1]
+MAX_COORD = 1e6  # |x|, |y| limit in pixels: beyond it a file is taken as corrupt
+MAX_SIDE = 1_000_000  # image height / width limit
+MAX_RLE_PIXELS = 1 << 28  # an RLE mask decodes to one byte per pixel
+STANDARD_KEYS = {"id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd",
+                 "score", "status", "instanno_rings"}
 
 
-def _annotation_polygon(ann: dict, height: int, width: int) -> np.ndarray | None:
-    seg = ann.get("segmentation")
-    if isinstance(seg, list) and seg:
-        parts = [coco_to_polygon(s) for s in seg if len(s) >= 6]
-        return max(parts, key=polygon_area) if parts else None
-    if isinstance(seg, dict):
-        from pycocotools import mask as mask_utils
-
-        rle = seg
-        if isinstance(seg.get("counts"), list):
-            rle = mask_utils.frPyObjects(seg, height, width)
-        mask = mask_utils.decode(rle)
-        x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
-        crop = mask[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1]
-        poly = mask_to_polygon(crop)
-        return None if poly is None else poly + [max(y - 1, 0), max(x - 1, 0)]
-    return None
+# --- writing -----------------------------------------------------------------------------------
+def _flat(ring: np.ndarray) -> list[float]:
+    """A (row, col) ring as COCO's flat [x0, y0, x1, y1, ...] list."""
+    return np.asarray(ring, dtype=np.float64)[:, ::-1].reshape(-1).tolist()
 
 
-def _box_polygon(bbox: list[float]) -> np.ndarray:
-    x, y, w, h = bbox
-    return np.array([[y, x], [y, x + w], [y + h, x + w], [y + h, x]], dtype=np.float64)
+def geometry_rle(geom: Geometry, height: int, width: int) -> dict:
+    """Compressed RLE of ``geom`` (holes left out) rasterised by pycocotools, as JSON values."""
+    from pycocotools import mask as mask_utils
+
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for part in parts_of(geom):
+        rings = [_flat(r) for r in rings_of(part)]
+        inside = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(rings[:1], height, width)))
+        if len(rings) > 1:
+            holes = mask_utils.merge(mask_utils.frPyObjects(rings[1:], height, width))
+            inside &= 1 - mask_utils.decode(holes)
+        mask |= inside
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
 
 
-def entries_to_instances(anns: list[dict], categories: dict[int, str], height: int, width: int
-                         ) -> Instances:
-    """Instances from COCO annotation (or result) dicts; box-only entries become rectangles."""
-    polys, boxes, scores, cids, status = [], [], [], [], []
-    for ann in anns:
-        poly = _annotation_polygon(ann, height, width)
-        if poly is None and ann.get("bbox"):
-            poly = _box_polygon(ann["bbox"])
-        if poly is None:
-            continue
-        polys.append(poly)
-        x, y, w, h = ann.get("bbox") or polygon_to_xywh(poly)
-        boxes.append([x, y, x + w, y + h])
-        scores.append(ann.get("score", 1.0))
-        cids.append(ann.get("category_id", min(categories)))
-        status.append(ann.get("status", "proposed"))
-    return Instances(
-        polygons=polys,
-        boxes=np.array(boxes).reshape(-1, 4),
-        scores=np.array(scores),
-        category_ids=np.array(cids, dtype=np.int64),
-        categories=dict(categories),
-        status=np.array(status, dtype=object),
-    )
-
-
-def polygon_to_xywh(poly: np.ndarray) -> list[float]:
-    """COCO ``bbox`` (x, y, w, h) of a (row, col) polygon."""
-    x0, y0, x1, y1 = polygon_box(poly)
-    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
-
-
-def _ann(poly: np.ndarray, inst: Instances, i: int) -> dict[str, Any]:
-    return {
-        "segmentation": [polygon_to_coco(poly)],
-        "bbox": [round(v, 3) for v in polygon_to_xywh(poly)],
-        "area": round(polygon_area(poly), 3),
-        "category_id": int(inst.category_ids[i]),
-        "score": float(inst.scores[i]),
-    }
+def _ann(inst: Instances, i: int, size: tuple[int, int] | None) -> dict[str, Any]:
+    """The geometry, bbox, area, category and score fields of instance ``i``."""
+    geom = inst.geometries[i]
+    if not np.isfinite(shapely.get_coordinates(geom)).all() or not np.isfinite(inst.scores[i]):
+        raise InstannoError(f"instance {i} has a NaN or infinite coordinate or score; COCO files "
+                            "cannot hold it: fix or drop that instance")
+    out: dict[str, Any] = {}
+    if geom.is_empty:  # fewer than 3 vertices: kept as its box
+        x0, y0, x1, y1 = (float(v) for v in inst.boxes[i])
+        out["segmentation"], area = [], 0.0
+    else:
+        x0, y0, x1, y1 = geom.bounds
+        area = geom.area
+        if not has_holes(geom):
+            out["segmentation"] = [_flat(rings_of(p)[0]) for p in parts_of(geom)]
+        elif size is None:
+            raise InstannoError(f"instance {i} has holes: COCO keeps them as an RLE mask, which "
+                                "needs the image height and width; give them in the image info")
+        else:
+            out["segmentation"] = geometry_rle(geom, *size)
+            out["instanno_rings"] = [[_flat(r) for r in rings_of(p)] for p in parts_of(geom)]
+    out.update(bbox=[x0, y0, x1 - x0, y1 - y0], area=float(area),
+               category_id=int(inst.category_ids[i]), score=float(inst.scores[i]))
+    return out
 
 
 def to_results(inst: Instances, image_id: int = 1, shape: tuple[int, int] | None = None
@@ -98,45 +90,52 @@ def to_results(inst: Instances, image_id: int = 1, shape: tuple[int, int] | None
     """COCO results-style list: ``{image_id, bbox, score, segmentation, category_id}``.
 
     With the image ``shape`` (H, W) the segmentation is compressed RLE, the form COCOeval's
-    ``loadRes`` accepts; without it, a polygon.
+    ``loadRes`` accepts; without it, polygons (an instance with holes then needs ``shape``).
     """
-    out = [{"image_id": image_id, **_ann(p, inst, i)} for i, p in enumerate(inst.polygons)]
-    if shape is not None:
-        from pycocotools import mask as mask_utils
-
-        h, w = shape
-        for entry in out:
-            rle = mask_utils.merge(mask_utils.frPyObjects(entry["segmentation"], h, w))
-            entry["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    out = []
+    for i in range(len(inst)):
+        entry = {"image_id": image_id, **_ann(inst, i, shape)}
+        entry.pop("instanno_rings", None)
+        if shape is not None and isinstance(entry["segmentation"], list) and entry["segmentation"]:
+            entry["segmentation"] = geometry_rle(inst.geometries[i], *shape)
+        out.append(entry)
     return out
 
 
-def write_coco(path: str | Path, items: list[tuple[dict, Instances]], overwrite: bool = False
-               ) -> Path:
+def annotations_of(inst: Instances, image_id: int, size: tuple[int, int] | None,
+                   category_id: Any, first_id: int = 1) -> list[dict]:
+    """Dataset annotations of ``inst`` for one image; ``category_id(name)`` gives the file's ids."""
+    names = inst.category_names
+    anns = []
+    for i in range(len(inst)):
+        ann = _ann(inst, i, size)
+        ann.update(id=first_id + i, image_id=image_id, category_id=category_id(names[i]), iscrowd=0,
+                   status=str(inst.status[i]))
+        for key, col in inst.properties.items():
+            ann.setdefault(key, _plain(col[i]))
+        anns.append(ann)
+    return anns
+
+
+def write_coco(path: str | Path, items: list[tuple[dict, Instances]], overwrite: bool = False,
+               include_rejected: bool = False) -> Path:
     """Write a COCO dataset: one ``(image_info, instances)`` pair per image.
 
     ``image_info`` may hold ``file_name``, ``height``, ``width`` and ``id``. Categories are merged
-    by name across images. Review status and scores are kept as extra annotation fields.
+    by name across images. Review status and scores are kept as extra annotation fields; rejected
+    instances are left out unless ``include_rejected`` (``Instances.num_rejected`` says how many).
     """
     categories: dict[str, int] = {}
     images, annotations = [], []
     for n, (info, inst) in enumerate(items, start=1):
         image_id = int(info.get("id", n))
-        images.append({
-            "id": image_id,
-            "file_name": str(info.get("file_name", f"image_{image_id}")),
-            "height": int(info.get("height", 0)),
-            "width": int(info.get("width", 0)),
-        })
-        for i, poly in enumerate(inst.polygons):
-            name = inst.categories.get(int(inst.category_ids[i]), str(inst.category_ids[i]))
-            cid = categories.setdefault(name, len(categories) + 1)
-            ann = _ann(poly, inst, i)
-            ann.update(id=len(annotations) + 1, image_id=image_id, category_id=cid, iscrowd=0,
-                       status=str(inst.status[i]))
-            for key, col in inst.properties.items():
-                ann.setdefault(key, _plain(col[i]))
-            annotations.append(ann)
+        h, w = int(info.get("height", 0)), int(info.get("width", 0))
+        images.append({"id": image_id, "file_name": str(info.get("file_name", f"image_{image_id}")),
+                       "height": h, "width": w})
+        annotations += annotations_of(inst.exported(include_rejected), image_id,
+                                      (h, w) if h > 0 and w > 0 else None,
+                                      lambda name: categories.setdefault(name, len(categories) + 1),
+                                      len(annotations) + 1)
     data = {
         "info": {"description": "written by napari-instanno"},
         "images": images,
@@ -146,33 +145,329 @@ def write_coco(path: str | Path, items: list[tuple[dict, Instances]], overwrite:
     return write_json_atomic(path, data, overwrite=overwrite)
 
 
+# --- reading -----------------------------------------------------------------------------------
+class _Bad(Exception):
+    """What is wrong with one field; the caller adds the file and the annotation."""
+
+
+def _int(v: Any, what: str, low: int = -(1 << 62), high: int = 1 << 62) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+        raise _Bad(f"{what} must be an integer between {low} and {high}, not {_show(v)}")
+    return v
+
+
+def _number(v: Any, what: str, limit: float = math.inf) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not abs(v) <= limit:
+        bound = "a finite number" if limit == math.inf else f"a number within ±{limit:g}"
+        raise _Bad(f"{what} must be {bound}, not {_show(v)}")
+    return float(v)
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _flat_ring(v: Any, what: str) -> np.ndarray:
+    """A flat [x0, y0, ...] list as an (N, 2) (x, y) array, checked."""
+    if not isinstance(v, list):
+        raise _Bad(f"{what} must be a list of numbers, not {_show(v)}")
+    if len(v) % 2 or len(v) < 6:
+        raise _Bad(f"{what} has {len(v)} numbers; a polygon needs an even count of at least 6 "
+                   "(3 vertices)")
+    for x in v:
+        _number(x, f"{what}'s coordinates", MAX_COORD)
+    return np.asarray(v, dtype=np.float64).reshape(-1, 2)
+
+
+def _parts(parts: list[Polygon]) -> Geometry:
+    """Parts as one geometry; overlapping valid parts (COCO paints their union) are merged."""
+    geom = make_geometry(parts)
+    if isinstance(geom, MultiPolygon) and not geom.is_valid and all(p.is_valid for p in parts):
+        geom = make_geometry(parts_of(shapely.union_all(parts)))
+    return geom
+
+
+def rle_counts(counts: str, what: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string, checked as pycocotools would not."""
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x = k = 0
+        more = True
+        while more:
+            if p >= n or k >= 7:
+                raise _Bad(f"{what} is a truncated or corrupt RLE string")
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                raise _Bad(f"{what} holds {counts[p]!r}, which is not an RLE character")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        if not 0 <= x < 1 << 32:
+            raise _Bad(f"{what} decodes to a negative or huge run length; the RLE is corrupt")
+        out.append(x)
+    return out
+
+
+def _rle_geometry(seg: dict, size: tuple[int, int]) -> Geometry | None:
+    """The geometry of a checked RLE (None when its mask is empty)."""
+    from pycocotools import mask as mask_utils
+
+    h, w = size
+    rle = seg
+    if isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, h, w)
+    else:
+        rle = {"size": [h, w], "counts": seg["counts"].encode("ascii")}
+    mask = mask_utils.decode(rle)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return None
+    r0, c0 = rows[0], cols[0]
+    return translate(mask_to_geometry(mask[r0:rows[-1] + 1, c0:cols[-1] + 1]), c0, r0)
+
+
+def _check_rle(seg: dict, image_size: tuple[int, int] | None) -> tuple[int, int]:
+    """Check an RLE dict; returns its (height, width)."""
+    size, counts = seg.get("size"), seg.get("counts")
+    if not isinstance(size, list) or len(size) != 2:
+        raise _Bad(f"RLE 'size' must be [height, width], not {_show(size)}")
+    h, w = (_int(v, "RLE 'size'", 1, MAX_SIDE) for v in size)
+    if image_size is not None and (h, w) != image_size:
+        raise _Bad(f"RLE 'size' {[h, w]} does not match its image's [height, width] "
+                   f"{list(image_size)}")
+    if h * w > MAX_RLE_PIXELS:
+        raise _Bad(f"RLE mask of {h} x {w} is too large to decode (limit {MAX_RLE_PIXELS} pixels)")
+    if isinstance(counts, str):
+        runs = rle_counts(counts, "RLE 'counts'")
+    elif isinstance(counts, list):
+        runs = [_int(v, "RLE 'counts'", 0, (1 << 32) - 1) for v in counts]
+    else:
+        raise _Bad(f"RLE 'counts' must be a string or a list of integers, not {_show(counts)}")
+    if sum(runs) != h * w:
+        raise _Bad(f"RLE 'counts' cover {sum(runs)} pixels, not the {h} x {w} of its 'size'")
+    return h, w
+
+
+def _geometry(ann: dict, image_size: tuple[int, int] | None) -> Geometry | None:
+    """The checked geometry of an annotation (None when it has only a box)."""
+    seg = ann.get("segmentation")
+    geom = None
+    if isinstance(seg, list):
+        parts = [Polygon(_flat_ring(s, f"segmentation polygon {k}")) for k, s in enumerate(seg)]
+        geom = _parts(parts) if parts else None
+    elif isinstance(seg, dict):
+        geom = _rle_geometry(seg, _check_rle(seg, image_size))
+        if geom is None:
+            raise _Bad("its RLE mask is empty")
+    elif seg is not None:
+        raise _Bad(f"'segmentation' must be a list of polygons or an RLE dict, not {_show(seg)}")
+    rings = ann.get("instanno_rings")
+    if rings is not None:
+        if not isinstance(rings, list) or not rings or not all(isinstance(p, list) and p
+                                                              for p in rings):
+            raise _Bad("'instanno_rings' must be a non-empty list of parts, each a list of rings")
+        geom = make_geometry([
+            Polygon(_flat_ring(p[0], f"instanno_rings part {k} exterior"),
+                    [_flat_ring(r, f"instanno_rings part {k} hole {j}") for j, r in enumerate(p[1:])])
+            for k, p in enumerate(rings)])
+    return geom
+
+
+def _bbox(v: Any) -> list[float]:
+    if not isinstance(v, list) or len(v) != 4:
+        raise _Bad(f"'bbox' must be [x, y, width, height], not {_show(v)}")
+    x, y, w, h = (_number(c, "'bbox'", MAX_COORD) for c in v)
+    if w < 0 or h < 0:
+        raise _Bad(f"'bbox' has a negative width or height: {v}")
+    return [x, y, w, h]
+
+
+def _annotation(ann: Any, image_size: tuple[int, int] | None) -> dict[str, Any]:
+    """A checked, completed annotation: its geometry, xyxy box, score, category and status."""
+    if not isinstance(ann, dict):
+        raise _Bad(f"must be an object, not {_show(ann)}")
+    geom = _geometry(ann, image_size)
+    bbox = _bbox(ann["bbox"]) if "bbox" in ann else None
+    if geom is None:
+        if bbox is None:
+            raise _Bad("has neither a segmentation nor a 'bbox'")
+        x, y, w, h = bbox
+        geom = Polygon([(x, y), (x + w, y), (x + w, y + h), (x, y + h)])
+    if bbox is None:
+        x0, y0, x1, y1 = geom.bounds
+        bbox = [x0, y0, x1 - x0, y1 - y0]
+    status = ann.get("status", "proposed")
+    if status not in STATUSES:
+        raise _Bad(f"'status' must be one of {STATUSES}, not {_show(status)}")
+    if "area" in ann:
+        _number(ann["area"], "'area'")
+    return {"geometry": geom, "bbox": bbox, "status": status,
+            "score": _number(ann.get("score", 1.0), "'score'"),
+            "category_id": _int(ann.get("category_id", 1), "'category_id'"),
+            "image_id": _int(ann.get("image_id", 1), "'image_id'"),
+            "iscrowd": _int(ann.get("iscrowd", 0), "'iscrowd'", 0, 1),
+            "extra": {k: v for k, v in ann.items() if k not in STANDARD_KEYS}}
+
+
+def _images(data: dict) -> list[dict]:
+    images = data.get("images")
+    if images is None:
+        return []
+    if not isinstance(images, list):
+        raise _Bad(f"'images' must be a list, not {_show(images)}")
+    for k, img in enumerate(images):
+        if not isinstance(img, dict):
+            raise _Bad(f"image {k} must be an object, not {_show(img)}")
+        _int(img.get("id"), f"image {k}'s 'id'")
+        for key in ("height", "width"):
+            if key in img:
+                _int(img[key], f"image {img['id']}'s {key!r}", 0, MAX_SIDE)
+        if "file_name" in img and not isinstance(img["file_name"], str):
+            raise _Bad(f"image {img['id']}'s 'file_name' must be a string")
+    ids = [img["id"] for img in images]
+    if len(set(ids)) != len(ids):
+        raise _Bad("'images' has two images with the same 'id'")
+    return images
+
+
+def _categories(data: dict) -> dict[int, str]:
+    cats = data.get("categories") or []
+    if not isinstance(cats, list):
+        raise _Bad(f"'categories' must be a list, not {_show(cats)}")
+    out: dict[int, str] = {}
+    for k, c in enumerate(cats):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            raise _Bad(f"category {k} must be an object with an integer 'id' and a string 'name'")
+        cid = _int(c.get("id"), f"category {k}'s 'id'")
+        if cid in out:
+            raise _Bad(f"two categories have the id {cid}")
+        out[cid] = c["name"]
+    return out
+
+
+def parse_coco(data: Any, source: str = "COCO file") -> tuple[list[dict], dict[int, str], list[dict]]:
+    """Check a parsed COCO dataset (or results list): (images, categories, checked annotations).
+
+    Every failure is an ``InstannoError`` naming ``source``, the annotation and what is wrong.
+    """
+    if isinstance(data, list):  # results list
+        data = {"annotations": data}
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise InstannoError(f"{source} is not a COCO file: it has no 'annotations' list")
+    try:
+        images = _images(data)
+        categories = _categories(data)
+    except _Bad as err:
+        raise InstannoError(f"{source}: {err}") from None
+    sizes = {img["id"]: (img.get("height", 0), img.get("width", 0)) for img in images}
+    anns, seen = [], set()
+    for k, ann in enumerate(data["annotations"]):
+        has_id = isinstance(ann, dict) and "id" in ann
+        name = f"annotation {_show(ann['id'])}" if has_id else f"annotation #{k}"
+        try:
+            if has_id:
+                if _int(ann["id"], "'id'") in seen:
+                    raise _Bad("its 'id' is used twice")
+                seen.add(ann["id"])
+            image_id = _int(ann.get("image_id", 1), "'image_id'") if isinstance(ann, dict) else 1
+            if images and image_id not in sizes:
+                raise _Bad(f"refers to image {_show(image_id)}, which is not in 'images'")
+            h, w = sizes.get(image_id, (0, 0))
+            anns.append(_annotation(ann, (h, w) if h > 0 and w > 0 else None))
+        except _Bad as err:
+            raise InstannoError(f"{source}: {name} {err}") from None
+        except InstannoError:
+            raise
+        except (ValueError, TypeError, shapely.errors.GEOSException) as err:  # shapely on odd rings
+            raise InstannoError(f"{source}: {name} has a malformed geometry ({err})") from None
+    return images, categories, anns
+
+
+def _to_instances(anns: list[dict], categories: dict[int, str]) -> Instances:
+    keys = list(dict.fromkeys(k for a in anns for k in a["extra"]))
+    props = {}
+    for key in keys:
+        col = np.empty(len(anns), dtype=object)
+        for i, a in enumerate(anns):
+            col[i] = a["extra"].get(key)
+        props[key] = col
+    return Instances(
+        geometries=[a["geometry"] for a in anns],
+        boxes=np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+                       ).reshape(-1, 4),
+        scores=np.array([a["score"] for a in anns], dtype=np.float64),
+        category_ids=np.array([a["category_id"] for a in anns], dtype=np.int64),
+        categories=dict(categories),
+        status=np.array([a["status"] for a in anns], dtype=object),
+        properties=props,
+    )
+
+
 def read_coco(path: str | Path) -> list[tuple[dict, Instances]]:
     """Read a COCO dataset (or a results list) into ``(image_info, Instances)`` pairs.
 
     ``image_info['path']`` is the image file resolved next to the JSON (it may not exist).
+    Without an ``images`` list, one image per ``image_id`` is made up (with no file).
     """
     path = Path(path)
-    data = read_json(path, "COCO")
-    if isinstance(data, list):  # results list
-        data = {"images": [{"id": i} for i in sorted({d.get("image_id", 1) for d in data})],
-                "annotations": data, "categories": []}
-    if not isinstance(data, dict) or "annotations" not in data:
-        raise InstannoError(f"{path} is not a COCO file: it has no 'annotations'")
-    cats = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+    images, cats, anns = parse_coco(read_json(path, "COCO"), str(path))
     by_image: dict[int, list[dict]] = {}
-    for ann in data["annotations"]:
-        by_image.setdefault(int(ann.get("image_id", 1)), []).append(ann)
+    for ann in anns:
+        by_image.setdefault(ann["image_id"], []).append(ann)
     out = []
-    for img in data.get("images") or [{"id": k} for k in by_image]:
-        anns = by_image.get(int(img["id"]), [])
-        used = {int(a.get("category_id", 1)) for a in anns}
-        categories = {**{c: str(c) for c in used}, **cats} or {1: "object"}
+    for img in images or [{"id": k} for k in sorted(by_image)]:
+        mine = by_image.get(img["id"], [])
+        categories = {**{a["category_id"]: str(a["category_id"]) for a in mine}, **cats}
         info = dict(img)
         if "file_name" in img:
             info["path"] = str(path.parent / img["file_name"])
-        out.append((info, entries_to_instances(anns, categories, img.get("height", 0),
-                                               img.get("width", 0))))
+        out.append((info, _to_instances(mine, categories or {1: "object"})))
     return out
+
+
+def ground_truth(path: str | Path) -> Any:
+    """A pycocotools ``COCO`` of a checked dataset, for evaluation: every image has a file name,
+    height and width, every annotation a ``bbox``, ``area`` and ``iscrowd`` (filled in from its
+    geometry when missing), so COCOeval and ``annToMask`` cannot fail on the file."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    data = read_json(path, "COCO")
+    images, cats, anns = parse_coco(data, str(path))
+    if isinstance(data, list) or "images" not in data:
+        raise InstannoError(f"{path} has no 'images' list: evaluation needs each image's "
+                            "file_name, height and width")
+    for img in images:
+        missing = [k for k in ("file_name", "height", "width") if not img.get(k)]
+        if missing:
+            raise InstannoError(f"{path}: image {img['id']} has no {' or '.join(missing)}; "
+                                "evaluation needs them")
+    dataset = {"images": images, "categories": [{"id": i, "name": n} for i, n in cats.items()]
+               or [{"id": c, "name": str(c)} for c in sorted({a["category_id"] for a in anns})],
+               "annotations": []}
+    for k, (raw, ann) in enumerate(zip(data["annotations"], anns, strict=True), start=1):
+        seg = raw.get("segmentation")
+        if not seg:  # box only: its rectangle
+            seg = [np.asarray(ann["geometry"].exterior.coords)[:-1].reshape(-1).tolist()]
+        dataset["annotations"].append({
+            "id": raw.get("id", k), "image_id": ann["image_id"], "category_id": ann["category_id"],
+            "segmentation": seg, "bbox": ann["bbox"], "iscrowd": ann["iscrowd"],
+            "area": float(raw.get("area", ann["geometry"].area))})
+    gt = COCO()
+    gt.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
 
 
 def _plain(v: Any) -> Any:

@@ -1,24 +1,27 @@
 """A columnar table of instances (parquet) written batch by batch, for runs with millions of
 objects; and GeoJSON / COCO files streamed from it without holding everything in memory.
 
-Columns: ``x0 y0 x1 y1`` (box), ``score``, ``category``, ``status`` and ``polygon`` (flat
-``[x0, y0, x1, y1, ...]`` in pixel-corner coordinates, the COCO order).
+Columns: ``x0 y0 x1 y1`` (box), ``score``, ``category``, ``status``, ``polygon`` (flat
+``[x0, y0, x1, y1, ...]`` in pixel-corner coordinates, the COCO order: the outer ring of the
+largest part) and ``geometry`` (the whole geometry, holes and parts, as WKB: GeoParquet's
+encoding). Tables without ``geometry`` (older files) are read from ``polygon``. Exports to
+GeoJSON / COCO leave rejected instances out unless ``include_rejected``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
 
 from ..errors import InstannoError
 from ..instances import Instances
-from .atomic import atomic_text_file
+from .atomic import atomic_text_file, check_target, new_temp_beside, to_json
 
 
 def _pyarrow() -> Any:
@@ -33,22 +36,21 @@ def _pyarrow() -> Any:
 class TableWriter:
     """Append ``Instances`` to a parquet file as row groups; ``close()`` finishes the file.
 
-    The file appears (atomically) only on ``close``; a crash leaves no half-written table.
+    The file appears (atomically) only on ``close``; a crash leaves no half-written table. An
+    existing regular file at ``path`` is replaced (never a symlink or special file).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.pa, pq = _pyarrow()
         self.path = Path(path)
-        folder = self.path.parent if str(self.path.parent) else Path(".")
-        if not folder.is_dir():
-            raise InstannoError(f"cannot write {self.path}: folder {folder} does not exist")
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+        fd, self._tmp = new_temp_beside(self.path, check_target(self.path, overwrite=True))
         os.close(fd)
         schema = self.pa.schema([
             *(self.pa.field(k, self.pa.float64()) for k in ("x0", "y0", "x1", "y1", "score")),
             self.pa.field("category", self.pa.string()),
             self.pa.field("status", self.pa.string()),
             self.pa.field("polygon", self.pa.list_(self.pa.float64())),
+            self.pa.field("geometry", self.pa.binary()),
         ])
         self._writer = pq.ParquetWriter(self._tmp, schema)
         self.count = 0
@@ -67,6 +69,7 @@ class TableWriter:
         cols["category"] = pa.array(inst.category_names)
         cols["status"] = pa.array([str(s) for s in inst.status])
         cols["polygon"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+        cols["geometry"] = pa.array(shapely.to_wkb(inst.geometries).tolist(), pa.binary())
         self._writer.write_table(pa.table(cols, schema=self._writer.schema))
         self.count += len(inst)
 
@@ -90,8 +93,11 @@ def iter_table(path: str | Path, batch_size: int = 65536) -> Iterator[Instances]
         polygons = np.split(flat, offsets[1:-1] - offsets[0]) if len(batch) else []
         names_col = batch.column("category").to_pylist()
         ids = {n: i + 1 for i, n in enumerate(dict.fromkeys(names_col))} or {"object": 1}
+        geoms = (shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
+                 if "geometry" in batch.schema.names else None)
         yield Instances(
             polygons=polygons,
+            geometries=geoms,
             boxes=np.stack([batch.column(k).to_numpy() for k in ("x0", "y0", "x1", "y1")], 1),
             scores=batch.column("score").to_numpy(),
             category_ids=[ids[n] for n in names_col],
@@ -113,7 +119,7 @@ def read_table(path: str | Path) -> Instances:
 
 
 def table_to_geojson(table: str | Path, path: str | Path, transform: Any = None, crs: Any = None,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, include_rejected: bool = False) -> Path:
     """Stream the table into a GeoJSON FeatureCollection (pixels or map units)."""
     from .geojson import _crs_member, to_feature_collection
 
@@ -123,33 +129,34 @@ def table_to_geojson(table: str | Path, path: str | Path, transform: Any = None,
         head["crs"] = member
     return _stream_json(path, overwrite, head, "features",
                         (f for part in iter_table(table)
-                         for f in to_feature_collection(part, transform)["features"]))
+                         for f in to_feature_collection(part.exported(include_rejected),
+                                                        transform)["features"]))
 
 
 def table_to_coco(table: str | Path, path: str | Path, image: dict | None = None,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, include_rejected: bool = False) -> Path:
     """Stream the table into a COCO file holding one image."""
-    from .coco import _ann
+    from .coco import annotations_of
 
     info = dict(image or {})
     image_id = int(info.get("id", 1))
+    h, w = int(info.get("height", 0)), int(info.get("width", 0))
     categories: dict[str, int] = {}
 
     def annotations() -> Iterator[dict]:
         n = 0
         for part in iter_table(table):
-            names = part.category_names
-            for i, poly in enumerate(part.polygons):
-                n += 1
-                ann = _ann(poly, part, i)
-                ann.update(id=n, image_id=image_id, iscrowd=0, status=str(part.status[i]),
-                           category_id=categories.setdefault(names[i], len(categories) + 1))
-                yield ann
+            anns = annotations_of(part.exported(include_rejected), image_id,
+                                  (h, w) if h > 0 and w > 0 else None,
+                                  lambda name: categories.setdefault(name, len(categories) + 1),
+                                  n + 1)
+            n += len(anns)
+            yield from anns
 
     head = {
         "info": {"description": "written by napari-instanno"},
         "images": [{"id": image_id, "file_name": str(info.get("file_name", "image")),
-                    "height": int(info.get("height", 0)), "width": int(info.get("width", 0))}],
+                    "height": h, "width": w}],
     }
     def tail() -> dict:
         return {"categories": [{"id": i, "name": n, "supercategory": n}
@@ -162,11 +169,11 @@ def _stream_json(path: str | Path, overwrite: bool, head: dict, key: str, items:
                  tail: Any = None) -> Path:
     """Write ``{**head, key: [items...], **tail()}`` item by item, atomically."""
     with atomic_text_file(path, overwrite) as fh:
-        fh.write(json.dumps(head)[:-1] + f', "{key}": [')
+        fh.write(to_json(head, path)[:-1] + f', "{key}": [')
         for n, item in enumerate(items):
-            fh.write(("," if n else "") + json.dumps(item))
+            fh.write(("," if n else "") + to_json(item, path))
         fh.write("]")
         for k, v in (tail() if tail else {}).items():
-            fh.write(f", {json.dumps(k)}: {json.dumps(v)}")
+            fh.write(f", {json.dumps(k)}: {to_json(v, path)}")
         fh.write("}")
     return Path(path)
