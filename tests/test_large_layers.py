@@ -72,7 +72,7 @@ def test_overview_when_zoomed_out_polygons_when_zoomed_in_and_edits_kept():
 
 def test_found_before_matches_dense_box_iou():
     from napari_instanno.geometry import box_iou
-    from napari_instanno.napari.large_layers import _found_before
+    from napari_instanno.napari.proposals import overlapping as _found_before
 
     rng = np.random.default_rng(2)
     old = rng.uniform(0, 200, (300, 2))

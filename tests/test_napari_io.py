@@ -175,7 +175,7 @@ def test_writer_uses_level_of_detail_and_georeferencing(tmp_path):
     from rasterio.transform import Affine
 
     from napari_instanno.io.geojson import read_geojson
-    from napari_instanno.napari.large_layers import KEY, LevelOfDetail
+    from napari_instanno.napari.large_layers import LOD_KEY, LevelOfDetail
     from napari_instanno.napari.layers import GEOREF
 
     viewer = ViewerModel()
@@ -185,7 +185,7 @@ def test_writer_uses_level_of_detail_and_georeferencing(tmp_path):
     viewer.reset_view()
     lod.set_threshold(0.5)  # scores 1, .8, .6 kept; .4, .2 hidden
     meta = lod.shapes._get_state()
-    assert meta["metadata"][KEY] is lod
+    assert meta["metadata"][LOD_KEY] is lod
     path, = _writer.write_geojson_layer(str(tmp_path / "a.geojson"), [], meta)
     written = json.loads(open(path).read())
     assert written["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32632"

@@ -13,6 +13,7 @@ import warnings
 import dask.array as da
 import numpy as np
 import pytest
+import torch
 import zarr
 from skimage.draw import disk
 
@@ -303,7 +304,7 @@ def test_out_of_memory_tile_is_split(untiled):
     class SmallOnly(NCCMatcher):
         def find(self, reference):
             if min(self.gray.shape) > 150:
-                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return super().find(reference)
 
     ann = Annotator(matcher="ncc", outliner="otsu", device="cpu")
@@ -323,7 +324,7 @@ def test_out_of_memory_on_the_gpu_even_when_split_runs_on_the_cpu(untiled):
 
         def find(self, reference):
             if self.device != "cpu":
-                raise RuntimeError("CUDA out of memory. Tried to allocate 64.00 MiB")
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
             return super().find(reference)
 
     ann = Annotator(matcher="ncc", outliner="otsu", device="cpu")
@@ -382,13 +383,13 @@ def learned():
 def test_learned_models_tiled_agree_with_untiled(learned, monkeypatch):
     """The shipped matcher upscales this sample's small nuclei; tiles must still see the same
     features (origins on the upscaled feature grid, attention peak fixed near the reference)."""
-    from napari_instanno.inference import annotator
+    from napari_instanno.inference import policy
 
     ann, image, ref, untiled = learned
     tiled = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5, workers=1)
     assert _match(untiled, tiled, image.shape[:2]).min() >= 0.95
     # above the pixel budget, find_similar itself goes through tiles, with the same result
-    monkeypatch.setattr(annotator, "MAX_MATCH_PIXELS", 200 * 200)
+    monkeypatch.setattr(policy, "MAX_MATCH_PIXELS", 200 * 200)
     reads = _record_reads(monkeypatch)
     auto = ann.find_similar(ref, score_threshold=0.5)
     assert len(reads) >= 2 and _match(untiled, auto, image.shape[:2]).min() >= 0.95
@@ -428,7 +429,7 @@ def test_learned_batched_tiles_agree_and_fall_back_on_out_of_memory(learned, mon
     np.testing.assert_allclose(batched.scores, one.scores, atol=1e-4)
 
     def out_of_memory(self, images, reference):
-        raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
 
     monkeypatch.setattr(LearnedMatcher, "find_batch", out_of_memory)
     with pytest.warns(UserWarning, match="batch of 4 tiles ran out of memory; running them one"):

@@ -339,7 +339,7 @@ def test_lazy_image_goes_through_tiling(make_napari_viewer, qtbot, discs, monkey
     r, c = centres[0]
     viewer.layers["reference"].add_rectangles([box_to_rectangle([c - 10, r - 10, c + 10, r + 10])])
     steps = []
-    widget._signals.progress.connect(lambda done, total: steps.append((done, total)))
+    widget._jobs.signals.progress.connect(lambda done, total: steps.append((done, total)))
     assert widget.run() is not None
     _wait(qtbot, widget)
     assert len(calls) == 1 and callable(calls[0]["cancel"])
@@ -398,8 +398,8 @@ def test_huge_run_is_shown_through_level_of_detail(make_napari_viewer, qtbot, tm
     from napari.layers import Points
 
     from napari_instanno.instances import Instances
-    from napari_instanno.napari import widgets
-    from napari_instanno.napari.large_layers import KEY, camera
+    from napari_instanno.napari import result_layer
+    from napari_instanno.napari.large_layers import LOD_KEY, camera
 
     n_side, step = 110, 9  # 12,100 squares of 4 x 4 px on a 990 x 990 grid
     rows, cols = np.meshgrid(np.arange(n_side) * step + 5.0, np.arange(n_side) * step + 5.0,
@@ -407,7 +407,7 @@ def test_huge_run_is_shown_through_level_of_detail(make_napari_viewer, qtbot, tm
     corners = np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)
     polys = [corners + (r, c) for r, c in zip(rows.ravel(), cols.ravel(), strict=True)]
     n = len(polys)
-    assert n > widgets.LOD_ABOVE
+    assert n > result_layer.LOD_ABOVE
     scores = np.random.default_rng(0).uniform(0.3, 1.0, n)
     monkeypatch.setattr(Annotator, "find_similar", lambda self, box, category="object", **kw:
                         Instances(polygons=polys, scores=scores, categories={1: category}))
@@ -422,7 +422,7 @@ def test_huge_run_is_shown_through_level_of_detail(make_napari_viewer, qtbot, tm
 
     layer = viewer.layers["img instances"]
     overview = viewer.layers["img instances (overview)"]
-    lod = layer.metadata[KEY]
+    lod = layer.metadata[LOD_KEY]
     assert isinstance(overview, Points) and len(overview.data) == n
     assert str(n) in widget._info.value
     viewer.reset_view()  # zoomed out: centres only

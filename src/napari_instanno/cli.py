@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InstannoError
 from .inference.annotator import DEFAULT_MIN_SCORE
-
-LARGE_PIXELS = 4096 * 4096  # above this, images are processed in tiles and never loaded whole
+from .inference.policy import IN_MEMORY_PIXELS, fits_in_memory
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _model_args(pr)
     pr.add_argument("--level", type=int, default=0, help="multiscale level to read")
-    tiles = pr.add_argument_group("large images (tiled; automatic above 4096x4096 pixels)")
+    side = int(IN_MEMORY_PIXELS ** 0.5)
+    tiles = pr.add_argument_group(f"large images (tiled; automatic above {side}x{side} pixels)")
     tiles.add_argument("--tile-size", type=int, default=None, help="tile core size in pixels")
     tiles.add_argument("--batch-size", type=int, default=None,
                        help="tiles per batched pass (default: 8 on a GPU, 1 on the CPU)")
@@ -71,6 +72,22 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
 
 
+def tqdm_progress(desc: str = "tiles") -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback drawing a tqdm bar with ETA (``.close()`` it after)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="tile")
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+            bar.n = bar.last_print_n = done  # resumed tiles do not count for the ETA
+        bar.update(done - bar.n)
+
+    update.close = bar.close  # type: ignore[attr-defined]
+    return update
+
+
 def _xywh(v: list[float]) -> np.ndarray:
     from .image import xywh_to_xyxy
 
@@ -101,7 +118,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     opened = open_image(a.image, level=a.level)
     fmt = a.format or ("geojson" if a.out.lower().endswith((".geojson", ".geo.json")) else "coco")
     h, w = opened.data.shape[:2]
-    large = h * w > LARGE_PIXELS
+    large = not fits_in_memory((h, w))
     tiled = large or any(v is not None for v in (a.tile_size, a.batch_size, a.scheduler,
                                                   a.checkpoint, a.table))
     ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device)
@@ -109,12 +126,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
         poly = _outline_one(ann, opened.data, _xywh(a.box), large)
         inst = Instances(polygons=[poly], categories={1: a.category})
     elif tiled:
-        from .inference.tiling import find_similar_tiled, tqdm_progress
+        from .inference.policy import TILE_SIZE
+        from .inference.tiling import find_similar_tiled
 
         progress = tqdm_progress()
         try:
             inst = find_similar_tiled(
-                ann, opened.data, _xywh(a.ref_box), tile_size=a.tile_size or 1024,
+                ann, opened.data, _xywh(a.ref_box), tile_size=a.tile_size or TILE_SIZE,
                 category=a.category, score_threshold=a.score_threshold, scheduler=a.scheduler,
                 progress=progress, checkpoint=a.checkpoint, table=a.table,
                 batch_size=a.batch_size)

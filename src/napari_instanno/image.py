@@ -118,6 +118,15 @@ def check_box(box: Sequence[float], shape: tuple[int, int], what: str = "box") -
     return clipped
 
 
+def clip_boxes(boxes: np.ndarray, bounds: Sequence[float]) -> np.ndarray:
+    """(N, 4) xyxy boxes clipped to ``bounds`` (x0, y0, x1, y1), as a new float64 array."""
+    lo_x, lo_y, hi_x, hi_y = (float(v) for v in bounds)
+    out = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(lo_x, hi_x)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(lo_y, hi_y)
+    return out
+
+
 def xywh_to_xyxy(box: Sequence[float]) -> np.ndarray:
     """Convert (x, y, w, h) to (x0, y0, x1, y1)."""
     x, y, w, h = (float(v) for v in box)

@@ -10,9 +10,10 @@ import numpy as np
 
 from ..errors import InstannoError
 from ..geometry import polygon_box
-from ..image import check_box, to_rgb01
+from ..image import check_box, clip_boxes, to_rgb01
 from ..instances import Instances
-from .components import Matcher, Outliner, upscale_factor
+from .components import Matcher, Outliner
+from .policy import tiling_plan
 
 # name -> "module:Class"; learned models register here and are the default when their weights ship.
 MATCHERS = {
@@ -28,7 +29,6 @@ OUTLINERS = {
 WEIGHTS = {"matcher": "matcher", "outliner": "contour"}
 FALLBACK = {"matcher": "ncc", "outliner": "otsu"}
 DEFAULT_MIN_SCORE = 0.3  # what the widget shows and predict / demo keep by default; the API keeps all
-MAX_MATCH_PIXELS = 3072 * 3072  # above this many (upscaled) pixels, find_similar works in tiles
 
 
 def default_device() -> str:
@@ -101,14 +101,13 @@ class Annotator:
                      category: str = "object") -> Instances:
         """Every instance similar to the one in ``ref_box``, outlined, best score first.
 
-        When the matcher would see more than ``MAX_MATCH_PIXELS`` (large images, or small
-        references it upscales), the image goes through it in tiles: same result, bounded memory.
+        When ``policy.tiling_plan`` says so (large images, or small references the matcher
+        upscales), the image goes through it in tiles: same result, bounded memory.
         """
         if self._rgb is None:
             raise InstannoError("no image set; call set_image(image) first")
         box = check_box(ref_box, self.image_shape, "reference box")
-        h, w = self.image_shape
-        if upscale_factor(self.matcher, box) ** 2 * h * w > MAX_MATCH_PIXELS:
+        if tiling_plan(self.image_shape, box, self.matcher).tiled:
             from .tiling import find_similar_tiled
 
             return find_similar_tiled(self, self._rgb, box, score_threshold=score_threshold,
@@ -116,7 +115,8 @@ class Annotator:
         matcher = self._component("matcher")
         boxes, scores = matcher.find(matcher.embed_reference(box))
         keep = scores >= score_threshold
-        boxes, scores = self._clip(boxes[keep]), scores[keep]
+        h, w = self.image_shape
+        boxes, scores = clip_boxes(boxes[keep], (0, 0, w, h)), scores[keep]
         polygons = self._component("outliner").outline(boxes) if len(boxes) else []
         return Instances(polygons=polygons, boxes=boxes, scores=scores, categories={1: category})
 
@@ -138,10 +138,3 @@ class Annotator:
             raise InstannoError("refine needs a polygon of at least 3 finite (row, col) vertices")
         check_box(polygon_box(p), self.image_shape, "polygon")
         return self._component("outliner").refine([p])[0]
-
-    def _clip(self, boxes: np.ndarray) -> np.ndarray:
-        h, w = self.image_shape
-        out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
-        out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
-        out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
-        return out

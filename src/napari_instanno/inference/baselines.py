@@ -124,7 +124,7 @@ class EllipseOutliner:
         self.vertices = vertices
 
     def set_image(self, rgb: np.ndarray) -> None:
-        self.shape = rgb.shape[:2]
+        """The ellipse needs no image."""
 
     def outline(self, boxes: np.ndarray) -> list[np.ndarray]:
         return [ellipse_polygon(b, self.vertices) for b in np.asarray(boxes).reshape(-1, 4)]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import shapely
 import torch
 
 from ..errors import InstannoError
@@ -13,7 +14,6 @@ from ..geometry import polygon_box, resample_polygon, simplify
 from ..models.backbone import fold_batchnorms
 from ..models.contour import ContourRegressor
 from ..models.weights import load_safetensors, read_metadata, shipped_path
-from ..training.losses import signed_area
 
 
 def load_contour_model(weights: str | Path | None = None, device: str = "cpu"
@@ -95,10 +95,9 @@ class LearnedOutliner:
         if not polygons:
             return []
         n = self.model.n_vertices
-        ring = torch.as_tensor(np.stack([resample_polygon(p, n) for p in polygons]))
-        ellipse = self.model.initial_ellipse(1)
-        flip = torch.sign(signed_area(ring)) != torch.sign(signed_area(ellipse.double()))
-        ring = torch.where(flip[:, None, None], ring.flip(1), ring).numpy()
+        ring = np.stack([resample_polygon(p, n) for p in polygons])
+        turn = shapely.LinearRing(self.model.initial_ellipse(1)[0].double().numpy()).is_ccw
+        ring = np.stack([r if shapely.LinearRing(r).is_ccw == turn else r[::-1] for r in ring])
         boxes = np.stack([polygon_box(p) for p in ring])
         boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1.0)
         return self._finish(self._run(boxes, ring))

@@ -24,10 +24,12 @@ class Tile:
     core: tuple[int, int, int, int]
     window: tuple[int, int, int, int]
 
-    @property
-    def offset(self) -> np.ndarray:
-        """(row, col) of the window's top-left corner in the image."""
-        return np.array([self.window[0], self.window[2]], dtype=np.float64)
+
+def window(core: tuple[int, int, int, int], halo: int, shape: tuple[int, int]
+           ) -> tuple[int, int, int, int]:
+    """``core`` grown by ``halo`` on every side, clipped to an image of ``shape``: (y0, y1, x0, x1)."""
+    h, w = shape
+    return max(core[0] - halo, 0), min(core[1] + halo, h), max(core[2] - halo, 0), min(core[3] + halo, w)
 
 
 def plan_tiles(shape: tuple[int, int], tile_size: int, halo: int) -> list[Tile]:
@@ -36,9 +38,8 @@ def plan_tiles(shape: tuple[int, int], tile_size: int, halo: int) -> list[Tile]:
     tiles = []
     for y0 in range(0, h, tile_size):
         for x0 in range(0, w, tile_size):
-            y1, x1 = min(y0 + tile_size, h), min(x0 + tile_size, w)
-            window = (max(y0 - halo, 0), min(y1 + halo, h), max(x0 - halo, 0), min(x1 + halo, w))
-            tiles.append(Tile(len(tiles), (y0, y1, x0, x1), window))
+            core = (y0, min(y0 + tile_size, h), x0, min(x0 + tile_size, w))
+            tiles.append(Tile(len(tiles), core, window(core, halo, shape)))
     return tiles
 
 

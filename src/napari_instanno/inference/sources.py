@@ -185,25 +185,9 @@ def _levels(image: Any) -> list[Any] | None:
     if isinstance(image, Sequence) and not isinstance(image, (str, bytes)) and image \
             and all(hasattr(a, "shape") for a in image):
         return list(image)
-    attrs = getattr(image, "attrs", None)
-    if attrs is not None and not hasattr(image, "shape"):
-        ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-        if ms:
-            axes = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
-            return [_channels_last(image[d["path"]], axes) for d in ms[0]["datasets"]]
-    return None
+    from ..io.images import ome_levels
 
-
-def _channels_last(array: Any, axes: list[str]) -> Any:
-    """An OME-Zarr level as a lazy (H, W) or (H, W, C) dask array (leading singletons dropped)."""
-    import dask.array as da
-
-    data = da.from_zarr(array)
-    if "c" in axes and len(axes) == data.ndim:
-        data = da.moveaxis(data, axes.index("c"), -1)
-    while data.ndim > 3 or (data.ndim == 3 and data.shape[0] == 1 and data.shape[-1] > 4):
-        data = data[0]
-    return data
+    return ome_levels(image)
 
 
 def as_source(image: Any, level: int = 0) -> Source:

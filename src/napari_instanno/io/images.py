@@ -24,7 +24,7 @@ class OpenedImage:
     crs: Any = None
 
 
-def _channels_last(arr: Any) -> Any:
+def _planar_to_channels_last(arr: Any) -> Any:
     """A planar (C, H, W) TIFF array (C <= 4) as (H, W, C); anything else as it is."""
     if arr.ndim == 3 and arr.shape[0] <= 4 < arr.shape[2]:
         return arr.transpose(1, 2, 0)
@@ -67,12 +67,36 @@ def open_image(path: str | Path, level: int = 0) -> OpenedImage:
             store = tifffile.imread(path, aszarr=True, level=level)
             arr = zarr.open(store, mode="r")
             data = da.from_zarr(arr) if hasattr(arr, "shape") else da.from_zarr(arr[str(level)])
-            return OpenedImage(_channels_last(data), *_georef(path))
+            return OpenedImage(_planar_to_channels_last(data), *_georef(path))
         return OpenedImage(read_image_file(path))
     except InstannoError:
         raise
     except Exception as err:
         raise InstannoError(f"cannot read image {path}: {err}") from err
+
+
+def ome_levels(group: Any) -> list[Any] | None:
+    """The levels of an OME-Zarr multiscale group as lazy (H, W) or (H, W, C) dask arrays, finest
+    first (channels moved last, leading singleton axes dropped); None if ``group`` is not one."""
+    attrs = getattr(group, "attrs", None)
+    if attrs is None or hasattr(group, "shape"):
+        return None
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        return None
+    axes = [a["name"] if isinstance(a, dict) else a for a in multiscales[0].get("axes", [])]
+    return [_ome_level(group[d["path"]], axes) for d in multiscales[0]["datasets"]]
+
+
+def _ome_level(array: Any, axes: list[str]) -> Any:
+    import dask.array as da
+
+    data = da.from_zarr(array)
+    if "c" in axes and len(axes) == data.ndim:
+        data = da.moveaxis(data, axes.index("c"), -1)
+    while data.ndim > 3 or (data.ndim == 3 and data.shape[0] == 1 and data.shape[-1] > 4):
+        data = data[0]
+    return data
 
 
 def _open_zarr(path: Path, level: int) -> Any:
@@ -82,18 +106,11 @@ def _open_zarr(path: Path, level: int) -> Any:
     node = zarr.open(str(path), mode="r")
     if hasattr(node, "shape"):
         return da.from_zarr(node)
-    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
-    if multiscales:
-        datasets = multiscales[0]["datasets"]
-        if level >= len(datasets):
-            raise InstannoError(f"{path} has {len(datasets)} levels; level {level} does not exist")
-        data = da.from_zarr(node[datasets[level]["path"]])
-        axes = [a["name"] if isinstance(a, dict) else a for a in multiscales[0].get("axes", [])]
-        if axes and axes[-2:] == ["y", "x"] and "c" in axes:
-            data = da.moveaxis(data, axes.index("c"), -1)
-        while data.ndim > 3 or (data.ndim == 3 and data.shape[-1] > 4 and data.shape[0] == 1):
-            data = data[0]
-        return data
+    levels = ome_levels(node)
+    if levels is not None:
+        if level >= len(levels):
+            raise InstannoError(f"{path} has {len(levels)} levels; level {level} does not exist")
+        return levels[level]
     arrays = [k for k, v in node.arrays()]
     if not arrays:
         raise InstannoError(f"{path} is a zarr group without arrays")
@@ -109,7 +126,7 @@ def read_image_file(path: str | Path) -> np.ndarray:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
-            return _channels_last(tifffile.imread(path))
+            return _planar_to_channels_last(tifffile.imread(path))
         from skimage.io import imread
 
         return np.asarray(imread(path))

@@ -9,8 +9,7 @@ from skimage.draw import line
 
 from ..image import to_rgb01
 from ..instances import Instances
-
-STATUS_COLOURS = {"proposed": (255, 215, 0), "accepted": (0, 230, 64), "rejected": (255, 40, 40)}
+from ..styles import STATUS_COLORS
 
 
 def render_overlay(image: np.ndarray, instances: Instances, scale: int = 2) -> np.ndarray:
@@ -20,7 +19,7 @@ def render_overlay(image: np.ndarray, instances: Instances, scale: int = 2) -> n
     h, w = rgb.shape[:2]
     for poly, status in zip(instances.polygons, instances.status):
         pts = np.round(np.asarray(poly) * scale).astype(int)
-        colour = STATUS_COLOURS.get(str(status), (255, 255, 255))
+        colour = np.round(np.array(STATUS_COLORS.get(str(status), (1.0, 1.0, 1.0))[:3]) * 255)
         for (r0, c0), (r1, c1) in zip(pts, np.roll(pts, -1, axis=0)):
             rr, cc = line(r0, c0, r1, c1)
             ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)

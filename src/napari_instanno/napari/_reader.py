@@ -12,10 +12,10 @@ import numpy as np
 
 from ..errors import InstannoError
 from ..io.atomic import read_json
+from .files import annotation_kind
 from .layers import instances_to_shapes
 
 LayerData = tuple[Any, dict, str]
-IN_MEMORY_PIXELS = 4096 * 4096  # GeoTIFFs up to this size are read into memory, larger stay lazy
 
 
 def _kind(path: Path) -> str | None:
@@ -25,16 +25,9 @@ def _kind(path: Path) -> str | None:
     if path.suffix.lower() != ".json" or not path.is_file():
         return None
     try:
-        data = read_json(path, "JSON")
+        return annotation_kind(read_json(path, "JSON"))
     except InstannoError:
         return None
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        return "geojson"
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        return "coco"
-    if isinstance(data, list) and data and isinstance(data[0], dict) and "bbox" in data[0]:
-        return "coco"  # a results list
-    return None
 
 
 def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
@@ -87,9 +80,10 @@ def get_geotiff_reader(path: str | list[str]) -> Callable[[str], list[LayerData]
 def _geotiff_layer(opened: Any, name: str) -> LayerData:
     """Bands as stored: 3 or 4 as an RGB(A) layer, other counts on a slider (band, row, column)."""
     from ..image import channel_range
+    from ..inference.policy import fits_in_memory
 
     data = opened.data
-    if data.shape[0] * data.shape[1] <= IN_MEMORY_PIXELS:
+    if fits_in_memory(data.shape):
         data = np.asarray(data)
     rgb = data.ndim == 3 and data.shape[2] in (3, 4)
     meta: dict[str, Any] = {"name": name, "rgb": rgb,

@@ -1,9 +1,7 @@
 """npe2 writers: a Shapes layer saves as COCO JSON or GeoJSON (File > Save Layers).
 
-The shown shapes are written (shapes hidden by the score threshold are not); a layer shown through
-``LevelOfDetail`` writes its whole set (above the threshold, edits included). GeoJSON is in map
-coordinates with the CRS when the layer belongs to a georeferenced image. napari's save dialog
-asks before replacing a file, so these writers replace atomically.
+What is saved is decided in ``files`` (shared with the widget). napari's save dialog asks before
+replacing a file, so these writers replace atomically.
 """
 
 from __future__ import annotations
@@ -11,27 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io.coco import write_coco
-from ..io.geojson import write_geojson
-from .large_layers import KEY
-from .layers import GEOREF, IMAGE_INFO, shapes_to_instances
+from .files import layer_instances, save_instances
 
 
-def _instances(data: Any, meta: dict) -> Any:
-    lod = (meta.get("metadata") or {}).get(KEY)
-    if lod is not None:
-        return lod.kept()
-    return shapes_to_instances(data, meta.get("shape_type", "polygon"), meta.get("features"))
+def _save(path: str, data: Any, meta: dict, fmt: str) -> list[str]:
+    inst = layer_instances(data, meta.get("shape_type", "polygon"), meta.get("features"),
+                           meta.get("metadata"))
+    name = meta.get("name", Path(path).stem)
+    return [str(save_instances(path, inst, meta.get("metadata"), name, fmt))]
 
 
 def write_coco_layer(path: str, data: Any, meta: dict) -> list[str]:
     """Write a Shapes layer as a COCO JSON file for one image."""
-    info = {"file_name": meta.get("name", Path(path).stem),
-            **((meta.get("metadata") or {}).get(IMAGE_INFO) or {})}
-    return [str(write_coco(path, [(info, _instances(data, meta))], overwrite=True))]
+    return _save(path, data, meta, "coco")
 
 
 def write_geojson_layer(path: str, data: Any, meta: dict) -> list[str]:
     """Write a Shapes layer as a GeoJSON FeatureCollection (pixels, or map units with a CRS)."""
-    geo = (meta.get("metadata") or {}).get(GEOREF) or {}
-    return [str(write_geojson(path, _instances(data, meta), overwrite=True, **geo))]
+    return _save(path, data, meta, "geojson")

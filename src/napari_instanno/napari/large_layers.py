@@ -11,7 +11,7 @@ A Shapes layer slows down with its shape count (every shape is triangulated and 
 Edits made to the shown polygons (vertices moved, shapes deleted or added, status changed) are
 written back to the full set before the shown subset changes and by ``instances()``. A score
 threshold hides instances from both views without dropping them. The Shapes layer's metadata
-holds the ``LevelOfDetail`` (key ``KEY``) so widgets and writers reach the full set.
+holds the ``LevelOfDetail`` (key ``LOD_KEY``) so widgets and writers reach the full set.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import polygon_box
 from ..instances import Instances
 from .layers import (
     AREA_TYPES,
@@ -30,9 +29,10 @@ from .layers import (
     layer_to_instances,
     status_colors,
 )
+from .proposals import polygon_boxes, replace_proposals
 
 INDEX = "instance"  # Shapes feature column: the shape's index in the full Instances (-1: new)
-KEY = "instanno_lod"  # Shapes layer metadata key: its LevelOfDetail
+LOD_KEY = "instanno_lod"  # Shapes layer metadata key: its LevelOfDetail
 
 
 def camera(viewer: Any) -> Any:
@@ -86,7 +86,7 @@ class LevelOfDetail:
                                         border_width=0, visible=False)
         self.shapes = viewer.add_shapes(name=name, face_color="transparent",
                                         edge_width=edge_width,
-                                        metadata={**(metadata or {}), KEY: self})
+                                        metadata={**(metadata or {}), LOD_KEY: self})
         camera(viewer).events.zoom.connect(self.update)
         camera(viewer).events.center.connect(self.update)
         self.update()
@@ -154,15 +154,15 @@ class LevelOfDetail:
         self.full.status[np.asarray(indices, dtype=np.int64)] = status
         self._redraw()
 
-    def add(self, inst: Instances, replace_category: str | None = None, iou: float = 0.5) -> int:
-        """Add ``inst`` as ``layers.add_instances`` does (``replace_category`` replaces earlier
-        proposed ones of that category; no twice-found reviewed ones); returns how many."""
+    def add(self, inst: Instances, replace_category: str | None = None) -> int:
+        """Add ``inst`` as ``layers.add_instances`` does (``replace_category``: see
+        ``layers.replace_proposals``); returns how many."""
         full = self.instances()
         if replace_category is not None:
-            same = np.array(full.category_names, dtype=object) == replace_category
-            drop = same & (full.status == "proposed")
-            full, old = full[~drop], _boxes(full[same & ~drop])
-            inst = inst[~_found_before(_boxes(inst), old, iou)]
+            keep_old, keep_new = replace_proposals(
+                full.category_names, full.status, lambda idx: polygon_boxes(full[idx]),
+                polygon_boxes(inst), replace_category)
+            full, inst = full[keep_old], inst[keep_new]
         self.full = Instances.concat([full, inst])
         self.shown = np.zeros(0, dtype=np.int64)
         self._redraw()
@@ -221,27 +221,6 @@ class LevelOfDetail:
 def _centres(boxes: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.stack([(b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2], axis=1) - OFFSET
-
-
-def _boxes(inst: Instances) -> np.ndarray:
-    """The polygons' own boxes (a matcher's boxes may differ), as ``add_instances`` compares."""
-    return np.array([polygon_box(p) for p in inst.polygons]).reshape(-1, 4)
-
-
-def _found_before(new: np.ndarray, old: np.ndarray, iou: float) -> np.ndarray:
-    """Whether each ``new`` box has an IoU >= ``iou`` with an ``old`` one; only boxes that meet
-    are compared (an R-tree), so 100k x 100k stays cheap."""
-    import shapely
-
-    hit = np.zeros(len(new), dtype=bool)
-    if not len(new) or not len(old):
-        return hit
-    i, j = shapely.STRtree(shapely.box(*old.T)).query(shapely.box(*new.T), predicate="intersects")
-    inter = np.prod(np.clip(np.minimum(new[i, 2:], old[j, 2:])
-                            - np.maximum(new[i, :2], old[j, :2]), 0, None), axis=1)
-    union = np.prod(new[i, 2:] - new[i, :2], axis=1) + np.prod(old[j, 2:] - old[j, :2], axis=1)
-    hit[i[inter / np.maximum(union - inter, 1e-12) >= iou]] = True
-    return hit
 
 
 def _size(boxes: np.ndarray) -> float:

@@ -16,15 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..geometry import box_iou, ellipse_polygon, polygon_box
+from ..geometry import ellipse_polygon, polygon_box
 from ..instances import STATUSES, Instances
+from ..styles import STATUS_COLORS
+from .proposals import polygon_boxes, replace_proposals
 
 OFFSET = 0.5  # ours - napari
-STATUS_COLORS = {
-    "proposed": (1.0, 1.0, 0.0, 1.0),  # yellow
-    "accepted": (0.0, 1.0, 0.0, 1.0),  # green
-    "rejected": (1.0, 0.0, 0.0, 1.0),  # red
-}
 HIDDEN = "instanno_hidden"  # layer.metadata key: shapes below the score threshold
 IMAGE_INFO = "instanno_image"  # layer.metadata key: COCO image info (file_name, height, width)
 GEOREF = "instanno_georef"  # layer.metadata key: {"transform", "crs"} of a georeferenced image
@@ -218,24 +215,21 @@ def apply_threshold(layer: Any, threshold: float) -> int:
 
 
 def add_instances(layer: Any, inst: Instances, plane: Sequence[float] = (), threshold: float = 0.0,
-                  replace_category: str | None = None, iou: float = 0.5) -> int:
+                  replace_category: str | None = None) -> int:
     """Add ``inst`` to a result layer, rebuilding it in one call; returns how many were added.
 
-    With ``replace_category``, earlier *proposed* shapes of that category (shown or hidden) are
-    replaced; reviewed ones stay, and new shapes overlapping a kept one of the same category
-    (IoU of the polygons' boxes >= ``iou``) are not added twice. Shapes scoring below
-    ``threshold`` are stashed.
+    With ``replace_category``, earlier proposals of that category are replaced
+    (``proposals.replace_proposals``). Shapes scoring below ``threshold`` are stashed.
     """
     data, types, feats = all_shapes(layer)
     if replace_category is not None and len(feats):
-        drop = (feats["category"] == replace_category) & (feats["status"] == "proposed")
-        keep = np.flatnonzero(~drop.to_numpy())
+        keep_old, keep_new = replace_proposals(
+            feats["category"], feats["status"],
+            lambda idx: np.stack([rectangle_to_box(data[i]) for i in idx]),
+            polygon_boxes(inst), replace_category)
+        keep = np.flatnonzero(keep_old)
         data, types, feats = [data[i] for i in keep], [types[i] for i in keep], feats.iloc[keep]
-        same = np.flatnonzero((feats["category"] == replace_category).to_numpy())
-        if len(same) and len(inst):
-            old = np.stack([rectangle_to_box(data[i]) for i in same])
-            new_boxes = np.stack([polygon_box(p) for p in inst.polygons])
-            inst = inst[np.flatnonzero(box_iou(new_boxes, old).max(axis=1) < iou)]
+        inst = inst[np.flatnonzero(keep_new)]
     new = instances_to_shapes(inst, plane)
     _store(layer, data + new["data"], types + ["polygon"] * len(inst),
            pd.concat([feats, new["features"]], ignore_index=True), threshold)

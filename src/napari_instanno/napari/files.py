@@ -1,0 +1,93 @@
+"""Saving and loading annotation files for napari: one code path for the widget's buttons and
+the npe2 reader / writer (File > Open, File > Save Layers).
+
+What a result layer saves: its shown shapes (those hidden by the score threshold are not), or,
+shown through ``LevelOfDetail``, its whole set above the threshold, edits included. GeoJSON is in
+map coordinates with the CRS when the layer belongs to a georeferenced image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import InstannoError
+from ..instances import Instances
+from ..io.atomic import read_json
+from .large_layers import LOD_KEY
+from .layers import GEOREF, IMAGE_INFO, shapes_to_instances
+
+GEOJSON_SUFFIXES = (".geojson", ".geo.json")
+
+
+def annotation_kind(data: Any) -> str | None:
+    """"coco", "geojson" or None (not an annotation file) for parsed JSON ``data``."""
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        return "geojson"
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        return "coco"
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "bbox" in data[0]:
+        return "coco"  # a results list
+    return None
+
+
+def format_for(path: str | Path, fmt: str | None = None) -> str:
+    """``fmt``, or the format the file name asks for (.geojson: GeoJSON, else COCO)."""
+    return fmt or ("geojson" if str(path).lower().endswith(GEOJSON_SUFFIXES) else "coco")
+
+
+def layer_instances(data: Any, shape_type: Any, features: Any, metadata: dict | None) -> Instances:
+    """What a result layer saves (see the module docstring), from its data and metadata."""
+    lod = (metadata or {}).get(LOD_KEY)
+    if lod is not None:
+        return lod.kept()
+    return shapes_to_instances(data, shape_type, features)
+
+
+def save_instances(path: str | Path, inst: Instances, metadata: dict | None, name: str,
+                   fmt: str | None = None) -> Path:
+    """Write ``inst`` as COCO JSON (one image, from the layer's ``IMAGE_INFO``) or GeoJSON
+    (map coordinates when the layer's ``GEOREF`` says so); atomic, replacing ``path``."""
+    from ..io.coco import write_coco
+    from ..io.geojson import write_geojson
+
+    meta = metadata or {}
+    if format_for(path, fmt) == "geojson":
+        return write_geojson(path, inst, overwrite=True, **(meta.get(GEOREF) or {}))
+    info = {"file_name": name, **(meta.get(IMAGE_INFO) or {})}
+    return write_coco(path, [(info, inst)], overwrite=True)
+
+
+def read_annotations(path: str | Path, georef: dict | None = None) -> list[Instances]:
+    """The instances of a COCO file (one entry per image) or a GeoJSON file; a GeoJSON with a
+    ``crs`` member is read in the map coordinates of ``georef``'s image when one is given."""
+    from ..io.coco import read_coco
+    from ..io.geojson import from_feature_collection
+
+    data = read_json(path, "annotation file")
+    kind = annotation_kind(data)
+    if kind is None:
+        raise InstannoError(f"{path} is not a COCO or GeoJSON file")
+    if kind == "coco":
+        return [inst for _, inst in read_coco(path)]
+    transform = georef["transform"] if georef is not None and "crs" in data else None
+    return [from_feature_collection(data, transform, source=str(path))]
+
+
+def ask_save_path(parent: Any, fmt: str) -> str:
+    """A Qt save dialog for a COCO or GeoJSON file; "" when cancelled."""
+    from qtpy.QtWidgets import QFileDialog
+
+    ext = ".geojson" if fmt == "geojson" else ".json"
+    path, _ = QFileDialog.getSaveFileName(parent, f"Save {fmt}", f"annotations{ext}",
+                                          f"{fmt} (*{ext})")
+    return path
+
+
+def ask_load_path(parent: Any) -> str:
+    """A Qt open dialog for a COCO or GeoJSON file; "" when cancelled."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getOpenFileName(parent, "Load annotations", "",
+                                          "COCO / GeoJSON (*.json *.geojson)")
+    return path

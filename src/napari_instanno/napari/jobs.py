@@ -1,0 +1,104 @@
+"""One background job at a time for the widget: a ``thread_worker`` with progress, Cancel, and
+errors shown once as a notification (never raised into Qt)."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
+
+from ..errors import InstannoError
+
+
+class _Signals(QObject):
+    progress = Signal(int, int)  # emitted from the worker thread, delivered in the GUI thread
+
+
+def error_message(err: BaseException) -> str:
+    """What the user reads for ``err``: our own message, or the exception's type and text."""
+    return str(err) if isinstance(err, InstannoError) else f"{type(err).__name__}: {err}"
+
+
+def shows_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A widget action whose ``InstannoError`` is shown once as an error notification (the
+    action then returns None) instead of reaching Qt."""
+    @functools.wraps(method)
+    def action(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except InstannoError as err:
+            show_error(str(err))
+            return None
+
+    return action
+
+
+class JobRunner:
+    """Runs ``work(report, cancelled)`` in a thread and ``done(result)`` in the GUI thread.
+
+    ``bar`` (a magicgui ProgressBar) and napari's activity dock follow ``report(done, total)``;
+    ``status(text)`` receives one line per state change; ``busy_changed(busy)`` lets the widget
+    enable or disable its buttons. A cancelled job's result is dropped.
+    """
+
+    def __init__(self, bar: Any, status: Callable[[str], None],
+                 busy_changed: Callable[[bool], None]) -> None:
+        self.signals = _Signals()
+        self.signals.progress.connect(self._on_progress)
+        self._bar, self._status, self._busy_changed = bar, status, busy_changed
+        self._worker: Any = None
+        self._pbar: Any = None
+        self._stop = threading.Event()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running."""
+        return self._worker is not None
+
+    def start(self, what: str, work: Callable[..., Any], done: Callable[[Any], None]) -> Any:
+        """Start a job (returns its worker), or say that one is running (returns None)."""
+        if self._worker is not None:
+            show_info("still working; wait or press Cancel")
+            return None
+        self._stop = threading.Event()
+        stop, emit = self._stop, self.signals.progress.emit
+        worker = create_worker(work, emit, stop.is_set, _start_thread=False, _connect={
+            "returned": lambda result: None if stop.is_set() else done(result),
+            "errored": lambda err: self._on_error(what, err),  # instead of re-raising
+            "finished": self._on_finished,
+        })
+        self._worker = worker
+        self._pbar = progress(total=0, desc=what)
+        self._bar.value, self._bar.max = 0, 0
+        self._status(f"{what}...")
+        self._busy_changed(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running job at its next step; its results are dropped."""
+        self._stop.set()
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self._bar.max, self._bar.value = max(total, 1), min(done, max(total, 1))
+        if self._pbar is not None:
+            self._pbar.total = total
+            self._pbar.update(done - self._pbar.n)
+
+    def _on_error(self, what: str, err: Exception) -> None:
+        self._status(f"{what} failed")
+        show_error(f"{what} failed: {error_message(err)}")
+
+    def _on_finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+        self._worker = self._pbar = None
+        self._busy_changed(False)
+        if self._stop.is_set():
+            self._status("cancelled; nothing changed")
