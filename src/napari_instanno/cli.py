@@ -5,18 +5,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from . import cli_checks
 from .errors import InstannoError
 from .inference.annotator import DEFAULT_MIN_SCORE
 from .inference.policy import IN_MEMORY_PIXELS, fits_in_memory
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one-line ``InstannoError``s like every other error."""
+
+    def error(self, message: str) -> None:
+        raise InstannoError(f"{message}; see '{self.prog} --help'")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="instanno", description=__doc__)
+    p = _Parser(prog="instanno", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     pr = sub.add_parser("predict", help="find instances similar to a reference, or outline a box")
@@ -27,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--box", nargs=4, type=float, metavar=("X", "Y", "W", "H"),
                        help="one instance: return its polygon")
     pr.add_argument("--out", required=True, help="output file")
-    pr.add_argument("--format", choices=("coco", "geojson"), default=None,
-                    help="default: from the file suffix (.geojson -> geojson, else coco)")
+    pr.add_argument("--format", choices=("coco", "coco-results", "geojson"), default=None,
+                    help="coco: a COCO dataset (COCO(path) loads it); coco-results: the results "
+                    "list COCOeval takes; default: from the suffix (.geojson -> geojson, else coco)")
     pr.add_argument("--category", default="object")
     pr.add_argument("--score-threshold", type=float, default=DEFAULT_MIN_SCORE,
                     help=f"keep matches scoring at least this (default {DEFAULT_MIN_SCORE})")
@@ -51,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--mode", choices=("oneshot", "box2poly"), default="oneshot")
     ev.add_argument("--max-images", type=int, default=None)
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     _model_args(ev)
 
     tr = sub.add_parser("train", help="train a model from a config file")
@@ -63,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--out", default="instanno-demo", help="folder for the results")
     de.add_argument("--no-viewer", action="store_true", help="do not open napari")
     _model_args(de)
+    for command in (pr, ev, tr, de):  # --debug also after the command; SUPPRESS keeps the top one
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of an error")
     return p
 
 
@@ -88,12 +103,6 @@ def tqdm_progress(desc: str = "tiles") -> Callable[[int, int], None]:
     return update
 
 
-def _xywh(v: list[float]) -> np.ndarray:
-    from .image import xywh_to_xyxy
-
-    return xywh_to_xyxy(v)
-
-
 def _outline_one(ann: object, data: object, box: np.ndarray, large: bool) -> np.ndarray:
     """The polygon for ``box``; a large image is read only in a window around it."""
     from .image import check_box
@@ -115,15 +124,16 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .instances import Instances
     from .io.images import open_image
 
-    opened = open_image(a.image, level=a.level)
+    shape, box = cli_checks.check_predict(a)
     fmt = a.format or ("geojson" if a.out.lower().endswith((".geojson", ".geo.json")) else "coco")
-    h, w = opened.data.shape[:2]
+    opened = open_image(a.image, level=a.level)
+    h, w = shape[:2]
     large = not fits_in_memory((h, w))
     tiled = large or any(v is not None for v in (a.tile_size, a.batch_size, a.scheduler,
                                                   a.checkpoint, a.table))
     ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device)
     if a.box is not None:
-        poly = _outline_one(ann, opened.data, _xywh(a.box), large)
+        poly = _outline_one(ann, opened.data, box, large)
         inst = Instances(polygons=[poly], categories={1: a.category})
     elif tiled:
         from .inference.policy import TILE_SIZE
@@ -132,7 +142,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         progress = tqdm_progress()
         try:
             inst = find_similar_tiled(
-                ann, opened.data, _xywh(a.ref_box), tile_size=a.tile_size or TILE_SIZE,
+                ann, opened.data, box, tile_size=a.tile_size or TILE_SIZE,
                 category=a.category, score_threshold=a.score_threshold, scheduler=a.scheduler,
                 progress=progress, checkpoint=a.checkpoint, table=a.table,
                 batch_size=a.batch_size)
@@ -140,15 +150,18 @@ def cmd_predict(a: argparse.Namespace) -> int:
             progress.close()
     else:
         ann.set_image(np.asarray(opened.data))
-        inst = ann.find_similar(_xywh(a.ref_box), a.score_threshold, a.category)
+        inst = ann.find_similar(box, a.score_threshold, a.category)
     if fmt == "geojson":
         inst.to_geojson(a.out, transform=opened.transform, crs=opened.crs, overwrite=a.overwrite)
+    elif fmt == "coco":
+        info = {"id": 1, "file_name": Path(a.image).name, "height": h, "width": w}
+        inst.to_coco(a.out, image=info, overwrite=a.overwrite)
     else:
         from .io.atomic import write_json_atomic
 
         # RLE (what COCOeval loads) for ordinary images; polygons for huge ones
-        shape = None if tiled else (h, w)
-        write_json_atomic(a.out, inst.to_coco_results(1, shape=shape), a.overwrite)
+        write_json_atomic(a.out, inst.to_coco_results(1, shape=None if tiled else (h, w)),
+                          a.overwrite)
     print(f"{len(inst)} instance(s) -> {a.out}")
     return 0
 
@@ -156,6 +169,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .training.evaluate import evaluate_box2poly, evaluate_oneshot, format_table
 
+    cli_checks.check_evaluate(a)
     if a.mode == "oneshot":
         res = evaluate_oneshot(a.dataset, a.matcher, a.outliner, a.max_images, a.device)
     else:
@@ -164,11 +178,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.json:
         from .io.atomic import write_json_atomic
 
-        write_json_atomic(a.json, res, overwrite=True)
+        write_json_atomic(a.json, res, overwrite=a.overwrite)
     return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    cli_checks.check_train(a)
     if a.model == "matcher":
         from .training.train_matcher import train
     else:
@@ -184,6 +199,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .io.overlay import save_overlay
     from .samples import nuclei_sample
 
+    cli_checks.check_demo(a)
     image, ref_box = nuclei_sample()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,14 +234,37 @@ COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "train": cmd_train
             "demo": cmd_demo}
 
 
+def _one_line(text: object) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _warn(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    print(f"instanno: warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``instanno``; user errors print one line and exit with status 2."""
-    args = _parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except InstannoError as err:
-        print(f"instanno: error: {err}", file=sys.stderr)
-        return 2
+    """Entry point of ``instanno``. Every error, a bad argument or an unexpected failure, prints one
+    line and exits with status 2 (warnings are one line too); ``--debug`` shows the traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _warn
+        try:
+            args = _parser().parse_args(argv)
+            return COMMANDS[args.command](args)
+        except KeyboardInterrupt:
+            print("instanno: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:
+            if debug:
+                raise
+            if isinstance(err, InstannoError):
+                print(f"instanno: error: {_one_line(err)}", file=sys.stderr)
+            else:
+                print(f"instanno: error: unexpected {type(err).__name__}: {_one_line(err)} (rerun "
+                      "with --debug for the traceback, and please report it)", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
