@@ -233,14 +233,18 @@ def test_bad_reference_notifies_and_keeps_annotations(setup):
     ref.add_rectangles([box_to_rectangle([300, 300, 340, 330])])  # outside the 256x256 image
     ref.selected_data = {1}
     n = len(notification_manager.records)
-    assert widget.run() is None
+    widget._run.changed.emit(True)  # the button: a notification, the user's shapes untouched
     assert any("outside" in m for m in _errors_since(n))
-    assert len(layer.data) == len(before)
+    assert not widget.busy and len(layer.data) == len(before)
     assert all(np.array_equal(a, b) for a, b in zip(before, layer.data, strict=True))
+    with pytest.raises(InstannoError, match="outside"):  # from code: the same message, raised
+        widget.run()
     viewer.layers.remove(ref)
     n = len(notification_manager.records)
-    assert widget.run() is None
+    widget._run.changed.emit(True)
     assert any("no reference box" in m for m in _errors_since(n))
+    with pytest.raises(InstannoError, match="no reference box"):
+        widget.run()
 
 
 def test_worker_errors_and_cancel_keep_annotations(setup, monkeypatch):

@@ -90,18 +90,16 @@ class FindSimilarWidget(Container):
         self._jobs = JobRunner(self._bar, self._say, self._on_busy)
         self._annotators = AnnotatorCache()
 
-        self._draw.changed.connect(self.draw_reference)
-        self._run.changed.connect(self.run)
-        self._cancel.changed.connect(self.cancel)
+        # buttons and keys show an InstannoError as a notification; called from code, it is raised
+        for button, action in [
+            (self._draw, self.draw_reference), (self._run, self.run), (self._cancel, self.cancel),
+            (self._accept, self.accept_selected), (self._reject, self.reject_selected),
+            (self._accept_all, self.accept_all), (self._box2poly, self.box_to_polygon),
+            (self._refine, self.refine_selected), (self._save_coco, lambda: self._ask("coco")),
+            (self._save_geojson, lambda: self._ask("geojson")), (self._load, lambda: self._ask(None)),
+        ]:
+            button.changed.connect(shows_errors(lambda *_, act=action: act()))
         self._threshold.changed.connect(self._on_threshold)
-        self._accept.changed.connect(self.accept_selected)
-        self._reject.changed.connect(self.reject_selected)
-        self._accept_all.changed.connect(self.accept_all)
-        self._box2poly.changed.connect(self.box_to_polygon)
-        self._refine.changed.connect(self.refine_selected)
-        self._save_coco.changed.connect(lambda: self._ask("coco"))
-        self._save_geojson.changed.connect(lambda: self._ask("geojson"))
-        self._load.changed.connect(lambda: self._ask(None))
         self._image.changed.connect(self._on_image)
         self._on_image(self._image.value)
 
@@ -150,8 +148,8 @@ class FindSimilarWidget(Container):
         return self._results()
 
     def _bind(self, layer: Shapes) -> None:
-        bind_review(layer, {ACCEPT_KEY: self.accept_selected, REJECT_KEY: self.reject_selected},
-                    self._category.value)
+        bind_review(layer, {ACCEPT_KEY: shows_errors(self.accept_selected),
+                            REJECT_KEY: shows_errors(self.reject_selected)}, self._category.value)
 
     def reference_box(self) -> np.ndarray:
         """The reference (x0, y0, x1, y1): the selected rectangle, else the last one drawn."""
@@ -171,9 +169,8 @@ class FindSimilarWidget(Container):
         """Stop the running job at its next step; its results are dropped, annotations kept."""
         self._jobs.cancel()
 
-    @shows_errors
     def run(self) -> Any:
-        """Find every instance similar to the reference; returns the worker (None on bad input)."""
+        """Find every instance similar to the reference; returns the started worker."""
         plane, indices, key, names = self._context()
         box = check_box(self.reference_box(), plane.shape[:2], "reference box")
         results = self._results()
@@ -197,7 +194,6 @@ class FindSimilarWidget(Container):
         shown = self._target().set_threshold(float(value))
         self._say(f"{shown} shapes with score >= {value:.2f} shown")
 
-    @shows_errors
     def _review(self, status: str, everything: bool = False) -> None:
         results = self._target()
         n = results.review_proposed(status) if everything else results.review(status)
@@ -219,7 +215,6 @@ class FindSimilarWidget(Container):
         """Mark every shown, still proposed result shape accepted (rejections stay)."""
         self._review("accepted", everything=True)
 
-    @shows_errors
     def box_to_polygon(self) -> Any:
         """Outline the selected reference-layer rectangles and add them as accepted polygons."""
         plane, indices, key, names = self._context()
@@ -246,7 +241,6 @@ class FindSimilarWidget(Container):
 
         return self._jobs.start("Box → polygon", work, done)
 
-    @shows_errors
     def refine_selected(self) -> Any:
         """Snap the selected (edited) polygons of the result layer to the object boundary."""
         plane, _, key, names = self._context()
@@ -268,8 +262,7 @@ class FindSimilarWidget(Container):
 
         return self._jobs.start("Refine", work, done)
 
-    @shows_errors
-    def save(self, path: str | Path, fmt: str | None = None) -> Path | None:
+    def save(self, path: str | Path, fmt: str | None = None) -> Path:
         """Save the result layer as COCO JSON or GeoJSON (atomic; see ``files``)."""
         results = self._target()
         inst = results.instances()
@@ -278,11 +271,11 @@ class FindSimilarWidget(Container):
         self._say(f"saved {len(inst)} shapes to {out.name}")
         return out
 
-    @shows_errors
-    def load(self, path: str | Path) -> int | None:
-        """Add the shapes of a COCO / GeoJSON file to the result layer; returns how many (None
-        on bad input). A GeoJSON with a ``crs`` member is read in the map coordinates of a
-        georeferenced image."""
+    def load(self, path: str | Path) -> int:
+        """Add the shapes of a COCO / GeoJSON file to the result layer; returns how many.
+
+        A GeoJSON with a ``crs`` member is read in the map coordinates of a georeferenced image.
+        """
         results = self._results()
         _, indices = displayed_plane(self._viewer, self.image_layer)
         found = read_annotations(path, results.layer.metadata.get(GEOREF))
