@@ -347,3 +347,27 @@ def test_bad_evaluate_arguments(disc_dataset, tmp_path, capsys, no_models_no_pix
     (tmp_path / "m.json").write_text("{}")
     assert main(["evaluate", str(disc_dataset), "--json", str(tmp_path / "m.json"), *FAST]) == 2
     assert "exists; pass --overwrite" in _one_error_line(capsys)
+
+
+def test_box_to_polygon_before_set_image_says_what_to_do():
+    from napari_instanno.inference.annotator import Annotator
+
+    with pytest.raises(InstannoError, match=r"no image set; call set_image\(image\) first"):
+        Annotator(matcher="ncc", outliner="otsu", device="cpu").box_to_polygon([0, 0, 5, 5])
+
+
+def test_demo_shows_no_overlapping_or_nested_pair(tmp_path):
+    import shapely
+
+    from napari_instanno.inference.duplicates import DUPLICATE_IOU, NESTED_SHARE
+
+    assert main(["demo", "--out", str(tmp_path), "--no-viewer", "--device", "cpu"]) == 0
+    coco = COCO(str(tmp_path / "nuclei.coco.json"))
+    polys = [shapely.Polygon(np.reshape(a["segmentation"][0], (-1, 2))) for a in coco.anns.values()]
+    assert len(polys) > 50  # about 70 nuclei in the sample
+    tree = shapely.STRtree(polys)
+    for i, j in zip(*tree.query(polys, predicate="intersects")):
+        if i < j:
+            inter = polys[i].intersection(polys[j]).area
+            assert inter <= DUPLICATE_IOU * polys[i].union(polys[j]).area
+            assert inter <= NESTED_SHARE * min(polys[i].area, polys[j].area)

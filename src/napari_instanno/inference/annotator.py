@@ -13,6 +13,7 @@ from ..geometry import polygon_box
 from ..image import check_box, clip_boxes, to_rgb01
 from ..instances import Instances
 from .components import Matcher, Outliner
+from .duplicates import duplicates_suppressed
 from .policy import tiling_plan
 
 # name -> "module:Class"; learned models register here and are the default when their weights ship.
@@ -88,9 +89,14 @@ class Annotator:
         self._ready = set()
         return self
 
-    def _component(self, which: str) -> Any:
-        if self._rgb is None:
+    def _shape(self) -> tuple[int, int]:
+        """The image's (H, W); a clear error before ``set_image``."""
+        if self.image_shape is None:
             raise InstannoError("no image set; call set_image(image) first")
+        return self.image_shape
+
+    def _component(self, which: str) -> Any:
+        self._shape()
         comp = self.matcher if which == "matcher" else self.outliner
         if which not in self._ready:
             comp.set_image(self._rgb)
@@ -118,17 +124,19 @@ class Annotator:
         h, w = self.image_shape
         boxes, scores = clip_boxes(boxes[keep], (0, 0, w, h)), scores[keep]
         polygons = self._component("outliner").outline(boxes) if len(boxes) else []
+        keep = duplicates_suppressed(polygons, scores)  # two outlines of one object: the better
+        polygons, boxes, scores = [polygons[i] for i in keep], boxes[keep], scores[keep]
         return Instances(polygons=polygons, boxes=boxes, scores=scores, categories={1: category})
 
     def box_to_polygon(self, box: Any) -> np.ndarray:
         """The polygon of the one instance inside ``box``."""
-        b = check_box(box, self.image_shape)
+        b = check_box(box, self._shape())
         return self._component("outliner").outline(b[None])[0]
 
     def boxes_to_polygons(self, boxes: Any) -> list[np.ndarray]:
         """One polygon per box, batched."""
         arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        checked = np.stack([check_box(b, self.image_shape) for b in arr]) if len(arr) else arr
+        checked = np.stack([check_box(b, self._shape()) for b in arr]) if len(arr) else arr
         return self._component("outliner").outline(checked) if len(arr) else []
 
     def refine(self, polygon: Any) -> np.ndarray:
@@ -136,5 +144,5 @@ class Annotator:
         p = np.asarray(polygon, dtype=np.float64)
         if p.ndim != 2 or p.shape[1] != 2 or len(p) < 3 or not np.isfinite(p).all():
             raise InstannoError("refine needs a polygon of at least 3 finite (row, col) vertices")
-        check_box(polygon_box(p), self.image_shape, "polygon")
+        check_box(polygon_box(p), self._shape(), "polygon")
         return self._component("outliner").refine([p])[0]

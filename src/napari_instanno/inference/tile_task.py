@@ -16,6 +16,7 @@ import numpy as np
 
 from ..image import clip_boxes, to_rgb01
 from .checkpoint import TileResult
+from .duplicates import duplicates_suppressed
 from .engine import borrow
 from .oom import on_cpu, with_oom_fallback
 from .policy import UPSCALED_GRID
@@ -187,7 +188,8 @@ def _detect(job: TileJob, comps: tuple[Any, Any], index: int, core: Core, own: B
 
 def _outlined(job: TileJob, outliner: Any, index: int, win: Core, rgb: np.ndarray,
               boxes: np.ndarray, scores: np.ndarray, own: Bounds) -> TileResult:
-    """The window's detections that the tile owns, in image coordinates, with their polygons."""
+    """The window's detections that the tile owns, in image coordinates, with their polygons (of
+    two outlines of one object, the better one: ``duplicates``)."""
     h, w = job.source.shape
     y0, y1, x0, x1 = win
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -202,6 +204,8 @@ def _outlined(job: TileJob, outliner: Any, index: int, win: Core, rgb: np.ndarra
         outliner.set_image(rgb)
         local = outliner.outline(glob - shift)
         polygons = [np.asarray(p, dtype=np.float64) + [y0, x0] for p in local]
+        keep = np.sort(duplicates_suppressed(polygons, scores))
+        glob, scores, polygons = glob[keep], scores[keep], [polygons[i] for i in keep]
         inner = (y0 > 0, y1 < h, x0 > 0, x1 < w)
         for p in polygons:
             lo, hi = p.min(axis=0), p.max(axis=0)
