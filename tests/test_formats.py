@@ -160,7 +160,155 @@ def test_coco_pointing_at_missing_image(tmp_path):
 
     (tmp_path / "images").mkdir()
     write_coco(tmp_path / "annotations.json",
-               [({"file_name": "images/gone.png", "height": 10, "width": 10}, make_instances())])
+               [({"file_name": "images/gone.png", "height": 100, "width": 120}, make_instances())])
     sample = CocoFolder(tmp_path)[0]
     with pytest.raises(InstannoError, match="missing"):
         sample.load_rgb01()
+
+
+def _eval_folder(tmp_path, edit=None, text=None):
+    """A one-image COCO folder (a 40 x 40 PNG with two squares); ``edit`` changes the JSON."""
+    from skimage.io import imsave
+
+    (tmp_path / "images").mkdir(exist_ok=True)
+    img = np.zeros((40, 40), np.uint8)
+    img[5:15, 5:15] = img[20:32, 22:34] = 255
+    imsave(tmp_path / "images" / "a.png", img, check_contrast=False)
+    squares = Instances(polygons=[np.array([[5.0, 5], [5, 15], [15, 15], [15, 5]]),
+                                  np.array([[20.0, 22], [20, 34], [32, 34], [32, 22]])])
+    path = write_coco(tmp_path / "annotations.json",
+                      [({"file_name": "images/a.png", "height": 40, "width": 40}, squares)],
+                      overwrite=True)
+    data = json.loads(path.read_text())
+    if edit:
+        edit(data)
+    path.write_text(text if text is not None else json.dumps(data))
+    return tmp_path
+
+
+@pytest.mark.parametrize("text, edit, message", [
+    ("{not json", None, "corrupt"),
+    ("", None, "corrupt"),
+    (None, lambda d: d["annotations"][0].update(segmentation=[[1, 1, 5, 5]]), "at least 6"),
+    (None, lambda d: d.pop("images"), "no 'images'"),
+    (None, lambda d: d["images"][0].pop("file_name"), "no file_name"),
+    (None, lambda d: d["annotations"][0].update(image_id=7), "not in 'images'"),
+    (None, lambda d: d["annotations"][0].update(segmentation={"size": [80, 80], "counts": "0"}),
+     "does not match"),
+])
+def test_evaluate_bad_ground_truth_is_one_line_error(tmp_path, text, edit, message):
+    from napari_instanno.training.evaluate import evaluate_box2poly
+
+    folder = _eval_folder(tmp_path, edit, text)
+    with pytest.raises(InstannoError, match=message) as err:
+        evaluate_box2poly(folder, outliner="ellipse")
+    assert "\n" not in str(err.value) and "annotations.json" in str(err.value)
+
+
+def test_evaluate_fills_a_missing_bbox_and_warns_about_a_wrong_height(tmp_path):
+    from napari_instanno.training.evaluate import evaluate_box2poly, save_results
+
+    folder = _eval_folder(tmp_path, lambda d: [a.pop("bbox") for a in d["annotations"]])
+    res = evaluate_box2poly(folder, outliner="ellipse")
+    assert res["instances"] == 2 and res["mIoU"] > 0.5
+    folder = _eval_folder(tmp_path, lambda d: d["images"][0].update(height=50))
+    with pytest.warns(UserWarning, match="40 x 40 pixels but the annotations say 50 x 40"):
+        evaluate_box2poly(folder, outliner="ellipse")
+    out = save_results(tmp_path / "res.json", res)
+    with pytest.raises(InstannoError, match="exists"):
+        save_results(out, res)
+    with pytest.raises(InstannoError, match="NaN"):
+        save_results(tmp_path / "nan.json", {"mIoU": float("nan")})
+    assert not (tmp_path / "nan.json").exists()
+
+
+def test_writers_follow_the_umask_and_replace_only_regular_files(tmp_path):
+    import os
+
+    inst = make_instances()
+    old = os.umask(0o027)
+    try:
+        path = inst.to_geojson(tmp_path / "a.geojson")
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    link = tmp_path / "link.geojson"
+    link.symlink_to(path)
+    with pytest.raises(InstannoError, match="symlink"):
+        inst.to_geojson(link, overwrite=True)
+    assert link.is_symlink()
+    with pytest.raises(InstannoError, match="folder"):
+        inst.to_coco(tmp_path, overwrite=True)
+    bad = Instances(polygons=[np.array([[0.0, 0], [0, np.nan], [3, 3]])])
+    with pytest.raises(InstannoError, match="NaN"):
+        bad.to_coco(tmp_path / "nan.json")
+    assert not (tmp_path / "nan.json").exists()
+
+
+def test_rejected_are_left_out_unless_asked(tmp_path):
+    inst = make_instances()  # one accepted, one rejected
+    assert inst.num_rejected == 1
+    (_, back), = read_coco(inst.to_coco(tmp_path / "a.json"))
+    assert back.status.tolist() == ["accepted"]
+    assert read_geojson(inst.to_geojson(tmp_path / "a.geojson")).status.tolist() == ["accepted"]
+    (_, kept), = read_coco(inst.to_coco(tmp_path / "b.json", include_rejected=True))
+    assert kept.status.tolist() == ["accepted", "rejected"]
+    assert kept.properties["note"].tolist() == ["a", "b"]
+
+
+def test_holes_and_parts_through_coco_and_geojson(tmp_path):
+    from pycocotools.coco import COCO
+    from shapely.geometry import MultiPolygon, Polygon
+
+    donut = Polygon([(10, 10), (50, 10), (50, 50), (10, 50)], [[(20, 20), (30, 20), (30, 30), (20, 30)]])
+    two = MultiPolygon([Polygon([(60, 60), (70, 60), (70, 70)]), Polygon([(80, 80), (90, 80), (90, 90)])])
+    inst = Instances(geometries=[donut, two])
+    assert inst.areas.tolist() == [1500.0, 100.0]
+    path = inst.to_coco(tmp_path / "a.json", image={"height": 100, "width": 100})
+    coco = COCO(str(path))
+    assert isinstance(coco.anns[1]["segmentation"], dict)  # holes: RLE for other tools
+    assert coco.annToMask(coco.anns[1]).sum() == 1500
+    assert len(coco.anns[2]["segmentation"]) == 2  # parts: one polygon each
+    (_, back), = read_coco(path)
+    assert back.geometries[0].equals(donut) and back.geometries[1].equals(two)
+    with pytest.raises(InstannoError, match="height and width"):
+        inst.to_coco(tmp_path / "b.json")
+    gj = json.loads(inst.to_geojson(tmp_path / "a.geojson").read_text())
+    assert [f["geometry"]["type"] for f in gj["features"]] == ["Polygon", "MultiPolygon"]
+    assert len(gj["features"][0]["geometry"]["coordinates"]) == 2  # exterior + hole
+    back = read_geojson(tmp_path / "a.geojson")
+    assert back.geometries[0].equals(donut) and back.areas.tolist() == [1500.0, 100.0]
+
+
+def test_foreign_rle_donut_keeps_its_hole_and_corrupt_rle_is_refused(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    m = np.zeros((30, 30), np.uint8)
+    m[5:25, 5:25] = 1
+    m[10:15, 10:15] = 0
+    counts = mask_utils.encode(np.asfortranarray(m))["counts"].decode()
+    doc = {"images": [{"id": 1, "height": 30, "width": 30}], "categories": [{"id": 1, "name": "c"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                            "segmentation": {"size": [30, 30], "counts": counts}}]}
+    path = tmp_path / "rle.json"
+    path.write_text(json.dumps(doc))
+    (_, inst), = read_coco(path)
+    assert len(inst.geometries[0].interiors) == 1 and (inst.to_masks((30, 30))[0] == m).all()
+    for bad, message in ((counts[:-1] + "z", "cover|corrupt|RLE"), (counts + "\x7f", "not an RLE"),
+                         ("0" * 3, "cover")):
+        doc["annotations"][0]["segmentation"]["counts"] = bad
+        path.write_text(json.dumps(doc))
+        with pytest.raises(InstannoError, match=message):
+            read_coco(path)
+
+
+def test_geojson_without_classification_gets_the_default_category(tmp_path):
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {
+            "type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]}},
+        {"type": "Feature", "properties": {"classification": {"name": None}}, "geometry": {
+            "type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]}}]}
+    path = tmp_path / "a.geojson"
+    path.write_text(json.dumps(fc))
+    assert read_geojson(path).category_names == ["object", "object"]
+    assert read_geojson(path, default_category="tree").category_names == ["tree", "tree"]

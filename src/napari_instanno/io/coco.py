@@ -255,10 +255,26 @@ def _check_rle(seg: dict, image_size: tuple[int, int] | None) -> tuple[int, int]
     return h, w
 
 
+def _check_extent(seg: Any, image_size: tuple[int, int]) -> None:
+    """Polygon coordinates may leave the image, but by no more than its size: pycocotools'
+    rasteriser allocates memory in proportion to the outline's length."""
+    if not isinstance(seg, list):
+        return
+    h, w = image_size
+    for k, ring in enumerate(seg):
+        xy = _flat_ring(ring, f"segmentation polygon {k}")
+        if (xy < [-w, -h]).any() or (xy > [2 * w, 2 * h]).any():
+            raise _Bad(f"segmentation polygon {k} reaches far outside its {h} x {w} image "
+                       f"(x {xy[:, 0].min():g}..{xy[:, 0].max():g}, y {xy[:, 1].min():g}.."
+                       f"{xy[:, 1].max():g}); are the coordinates in another unit?")
+
+
 def _geometry(ann: dict, image_size: tuple[int, int] | None) -> Geometry | None:
     """The checked geometry of an annotation (None when it has only a box)."""
     seg = ann.get("segmentation")
     geom = None
+    if image_size is not None:
+        _check_extent(seg, image_size)
     if isinstance(seg, list):
         parts = [Polygon(_flat_ring(s, f"segmentation polygon {k}")) for k, s in enumerate(seg)]
         geom = _parts(parts) if parts else None
@@ -435,7 +451,8 @@ def read_coco(path: str | Path) -> list[tuple[dict, Instances]]:
 def ground_truth(path: str | Path) -> Any:
     """A pycocotools ``COCO`` of a checked dataset, for evaluation: every image has a file name,
     height and width, every annotation a ``bbox``, ``area`` and ``iscrowd`` (filled in from its
-    geometry when missing), so COCOeval and ``annToMask`` cannot fail on the file."""
+    geometry when missing; a box-only one gets its rectangle), so COCOeval and ``annToMask``
+    cannot fail on the file. ``has_masks`` says whether any annotation has a segmentation."""
     import contextlib
     import io
 
@@ -444,8 +461,8 @@ def ground_truth(path: str | Path) -> Any:
     path = Path(path)
     data = read_json(path, "COCO")
     images, cats, anns = parse_coco(data, str(path))
-    if isinstance(data, list) or "images" not in data:
-        raise InstannoError(f"{path} has no 'images' list: evaluation needs each image's "
+    if not images:
+        raise InstannoError(f"{path} has no 'images' list: evaluation needs each image's id, "
                             "file_name, height and width")
     for img in images:
         missing = [k for k in ("file_name", "height", "width") if not img.get(k)]
@@ -467,6 +484,7 @@ def ground_truth(path: str | Path) -> Any:
     gt.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
+    gt.has_masks = any(raw.get("segmentation") for raw in data["annotations"])
     return gt
 
 

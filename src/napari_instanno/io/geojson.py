@@ -4,7 +4,7 @@ Pixel coordinates by default: x right, y down, origin at the top-left corner of 
 image, no ``crs`` member. With an affine ``transform`` (rasterio / affine convention:
 map = transform * (x, y)) the coordinates are in map units and the raster's CRS is written in the
 legacy ``crs`` member. Each instance is one Feature: a ``Polygon`` (exterior, then holes) or a
-``MultiPolygon`` (several parts), rings closed and kept exactly (no rounding in pixels).
+``MultiPolygon`` (several parts), rings closed and kept exactly (no rounding).
 
 Reading checks every feature before it computes (types, finite coordinates, rings of at least 3
 vertices, score and status); failures are one ``InstannoError`` naming the file and the feature
@@ -75,7 +75,7 @@ def _crs_key(crs: Any) -> str:
 
 def _ring_xy(ring: np.ndarray, m: np.ndarray | None) -> list:
     xy = ring if m is None else ring @ m[:, :2].T + m[:, 2]
-    return np.vstack([xy, xy[:1]]).tolist() if m is None else np.vstack([xy, xy[:1]]).round(6).tolist()
+    return np.vstack([xy, xy[:1]]).tolist()
 
 
 def _geometry_json(geom: Geometry, m: np.ndarray | None) -> dict:

@@ -5,6 +5,12 @@
 * ``box2poly``: every ground-truth box, each side jittered by up to ±10 % of its extent (seeded),
   is outlined; mean IoU, boundary F-score at 1 px and 2 px, and the median vertex count after
   Douglas-Peucker simplification at ``SIMPLIFY_TOLERANCE`` px.
+
+The ground truth is read and checked by ``io.coco`` before any model is loaded (a malformed file is
+one ``InstannoError``), and handed to pycocotools completed (boxes, areas, box-only instances as
+rectangles), so COCOeval never sees a field it could crash on. An image whose size differs from
+its ``height`` / ``width`` in the file gets a warning, and predictions are encoded at the file's
+size so they still line up with the ground truth.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,9 @@ import numpy as np
 
 from ..geometry import boundary_f_score, mask_iou, polygon_to_mask, simplify
 from ..inference.annotator import Annotator
-from .datasets import CocoFolder
+from ..io.atomic import write_json_atomic
+from ..io.coco import ground_truth
+from .datasets import CocoFolder, Sample
 
 SIMPLIFY_TOLERANCE = 0.7
 
@@ -33,6 +42,33 @@ def reference_index(boxes: np.ndarray, areas: np.ndarray, shape: tuple[int, int]
         return None
     order = idx[np.argsort(areas[idx], kind="stable")]
     return int(order[(len(order) - 1) // 2])
+
+
+def checked_size(sample: Sample, shape: tuple[int, int]) -> tuple[int, int]:
+    """The image size the ground truth is in: its ``height`` / ``width`` (a warning when the image
+    file's ``shape`` differs, as predictions then need the file's size to line up)."""
+    info = sample.info
+    size = (int(info.get("height") or shape[0]), int(info.get("width") or shape[1]))
+    if size != tuple(shape):
+        warnings.warn(f"{info.get('file_name', 'image ' + str(info.get('id')))} is {shape[0]} x "
+                      f"{shape[1]} pixels but the annotations say {size[0]} x {size[1]} (height x "
+                      "width); fix the file's height and width", UserWarning, stacklevel=2)
+    return size
+
+
+def _fit(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``mask`` cropped or zero-padded to ``shape``."""
+    out = np.zeros(shape, dtype=bool)
+    h, w = min(shape[0], mask.shape[0]), min(shape[1], mask.shape[1])
+    out[:h, :w] = mask[:h, :w]
+    return out
+
+
+def save_results(path: str | Path, results: dict[str, Any] | list[dict[str, Any]],
+                 overwrite: bool = False) -> Path:
+    """Write evaluation results as strict JSON, atomically, replacing a file only with
+    ``overwrite`` (what ``instanno evaluate --json`` writes)."""
+    return write_json_atomic(path, results, overwrite=overwrite)
 
 
 def _coco_eval(gt: Any, results: list[dict], image_ids: list[int], iou_type: str) -> dict:
@@ -58,17 +94,15 @@ def evaluate_oneshot(folder: str | Path, matcher: str | None = None, outliner: s
 
     A folder whose ground truth is boxes only (no segmentation) gets bbox metrics only.
     """
-    from pycocotools.coco import COCO
-
     data = CocoFolder(folder)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(data.annotations))
+    gt = ground_truth(data.annotations)
     ann = Annotator(matcher=matcher, outliner=outliner if segm else "ellipse", device=device)
-    segm = segm and any(a.get("segmentation") for a in gt.dataset.get("annotations", []))
+    segm = segm and gt.has_masks
     results, image_ids, t0 = [], [], time.perf_counter()
     for sample in data.samples[:max_images]:
         inst = sample.instances
         rgb = sample.load_rgb01()
+        size = checked_size(sample, rgb.shape[:2])
         ref = reference_index(inst.boxes, inst.areas, rgb.shape[:2])
         if ref is None:
             continue
@@ -76,7 +110,7 @@ def evaluate_oneshot(folder: str | Path, matcher: str | None = None, outliner: s
         found = ann.find_similar(inst.boxes[ref], category="object")
         found.category_ids[:] = int(inst.category_ids[ref])
         image_ids.append(int(sample.info["id"]))
-        results += found.to_coco_results(image_ids[-1], shape=rgb.shape[:2])
+        results += found.to_coco_results(image_ids[-1], shape=size)
     out: dict[str, Any] = {"images": len(image_ids), "matcher": ann.matcher.name,
                            "outliner": ann.outliner.name}
     out.update({f"bbox_{k}": v for k, v in _coco_eval(gt, results, image_ids, "bbox").items()})
@@ -99,11 +133,8 @@ def evaluate_box2poly(folder: str | Path, outliner: str | None = None, jitter: f
                       seed: int = 0, max_images: int | None = None, device: str | None = None,
                       ) -> dict[str, Any]:
     """Outline every jittered ground-truth box; mean IoU, boundary F@1/2 px, median vertices."""
-    from pycocotools.coco import COCO
-
     data = CocoFolder(folder)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(data.annotations))
+    gt = ground_truth(data.annotations)
     ann = Annotator(matcher="ncc", outliner=outliner, device=device)
     ann.outliner.tolerance = 0.0  # metrics use the full polygon
     rng = np.random.default_rng(seed)
@@ -115,6 +146,7 @@ def evaluate_box2poly(folder: str | Path, outliner: str | None = None, jitter: f
             continue
         rgb = sample.load_rgb01()
         h, w = rgb.shape[:2]
+        checked_size(sample, (h, w))
         gt_boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                               a["bbox"][1] + a["bbox"][3]] for a in anns])
         boxes = jitter_boxes(gt_boxes, jitter, rng)
@@ -124,7 +156,7 @@ def evaluate_box2poly(folder: str | Path, outliner: str | None = None, jitter: f
         ann.set_image(rgb)
         polys = ann.boxes_to_polygons(boxes[valid])
         for a, poly in zip([a for a, v in zip(anns, valid) if v], polys):
-            g = gt.annToMask(a).astype(bool)
+            g = _fit(gt.annToMask(a).astype(bool), (h, w))
             x, y, bw, bh = a["bbox"]
             m = 3
             r0, c0 = max(int(min(y, poly[:, 0].min())) - m, 0), max(int(min(x, poly[:, 1].min())) - m, 0)
