@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import InstannoError
@@ -55,6 +56,8 @@ class JobRunner:
         self._worker: Any = None
         self._pbar: Any = None
         self._stop = threading.Event()
+        self.result: Any = None  # the last finished job's result, and the error it ended with
+        self.error: BaseException | None = None
 
     @property
     def busy(self) -> bool:
@@ -62,14 +65,20 @@ class JobRunner:
         return self._worker is not None
 
     def start(self, what: str, work: Callable[..., Any], done: Callable[[Any], None]) -> Any:
-        """Start a job (returns its worker), or say that one is running (returns None)."""
+        """Start a job and return its worker; ``InstannoError`` if one is running."""
         if self._worker is not None:
-            show_info("still working; wait or press Cancel")
-            return None
+            raise InstannoError("still working on the last job; wait for it or press Cancel")
         self._stop = threading.Event()
+        self.result, self.error = None, None
         stop, emit = self._stop, self.signals.progress.emit
+
+        def returned(result: Any) -> None:
+            if not stop.is_set():
+                self.result = result
+                done(result)
+
         worker = create_worker(work, emit, stop.is_set, _start_thread=False, _connect={
-            "returned": lambda result: None if stop.is_set() else done(result),
+            "returned": returned,
             "errored": lambda err: self._on_error(what, err),  # instead of re-raising
             "finished": self._on_finished,
         })
@@ -91,7 +100,28 @@ class JobRunner:
             self._pbar.total = total
             self._pbar.update(done - self._pbar.n)
 
+    def wait(self, timeout: float = 120.0) -> Any:
+        """Block (keeping Qt's events flowing) until the running job ends; its result.
+
+        Raises ``InstannoError`` with the job's message if it failed, or if it is still running
+        after ``timeout`` seconds (it is then cancelled).
+        """
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while self._worker is not None:
+            if time.monotonic() > end:
+                self.cancel()
+                raise InstannoError(f"the job did not finish within {timeout:g} s; it was cancelled")
+            QApplication.processEvents()
+            time.sleep(0.01)
+        QApplication.processEvents()
+        if self.error is not None:
+            raise InstannoError(error_message(self.error))
+        return self.result
+
     def _on_error(self, what: str, err: Exception) -> None:
+        self.error = err
         self._status(f"{what} failed")
         show_error(f"{what} failed: {error_message(err)}")
 

@@ -45,6 +45,7 @@ from .prompts import (
     selected_rectangles,
 )
 from .result_layer import ResultLayer, bind_review, result_shapes
+from .widget_api import WidgetAPI
 
 if TYPE_CHECKING:
     import napari
@@ -52,8 +53,11 @@ if TYPE_CHECKING:
 ACCEPT_KEY, REJECT_KEY = "y", "n"
 
 
-class FindSimilarWidget(Container):
-    """Dock widget: reference box -> similar instances as editable, reviewable polygons."""
+class FindSimilarWidget(WidgetAPI, Container):
+    """Dock widget: reference box -> similar instances as editable, reviewable polygons.
+
+    The buttons' actions are public methods; ``WidgetAPI`` adds the ones a notebook needs.
+    """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
