@@ -312,3 +312,33 @@ def test_geojson_without_classification_gets_the_default_category(tmp_path):
     path.write_text(json.dumps(fc))
     assert read_geojson(path).category_names == ["object", "object"]
     assert read_geojson(path, default_category="tree").category_names == ["tree", "tree"]
+
+
+@pytest.mark.needs_shared  # real fields with courtyards (holes) and split parcels (MultiPolygons)
+def test_sentinel2_fields_with_holes_and_parts_come_back_whole(shared_data, tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    import shapely
+    from shapely.geometry import shape
+
+    folder = shared_data / "sentinel2-fields"
+    with rasterio.open(folder / "images" / "RGB_small.tif") as src:
+        transform, crs, size = src.transform, src.crs, (src.height, src.width)
+    path = folder / "fields_epsg32632.geojson"
+    with pytest.raises(InstannoError, match="map coordinates"):
+        read_geojson(path)
+    inst = read_geojson(path, transform=transform, crs=crs)
+    ref = [shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
+    assert len(inst) == len(ref) == 276
+    holes = [i for i, g in enumerate(inst.geometries) if g.geom_type == "Polygon" and g.interiors]
+    multi = [i for i, g in enumerate(inst.geometries) if g.geom_type == "MultiPolygon"]
+    assert len(holes) == 5 and len(multi) == 3
+    pixel_area = abs(transform.a * transform.e)
+    assert np.allclose(inst.areas * pixel_area, [g.area for g in ref], rtol=1e-9)
+    assert inst.properties["crop"][0] == "Vårbyg"
+    back_gj = read_geojson(inst.to_geojson(tmp_path / "f.geojson", transform=transform, crs=crs),
+                           transform=transform, crs=crs)
+    (_, back_coco), = read_coco(inst.to_coco(tmp_path / "f.json", image={
+        "file_name": "images/RGB_small.tif", "height": size[0], "width": size[1]}))
+    for i in holes + multi:
+        assert shapely.equals_exact(back_coco.geometries[i], inst.geometries[i], tolerance=0)
+        assert shapely.equals_exact(back_gj.geometries[i], inst.geometries[i], tolerance=1e-6)
