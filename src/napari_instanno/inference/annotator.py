@@ -15,6 +15,7 @@ from ..instances import Instances
 from .components import Matcher, Outliner
 from .duplicates import duplicates_suppressed
 from .policy import tiling_plan
+from .references import check_references, embed_references, find_references, not_negative, representative
 
 # name -> "module:Class"; learned models register here and are the default when their weights ship.
 MATCHERS = {
@@ -103,30 +104,39 @@ class Annotator:
             self._ready.add(which)
         return comp
 
-    def find_similar(self, ref_box: Any, score_threshold: float = 0.0,
+    def find_similar(self, refs: Any, negatives: Any = None, score_threshold: float = 0.0,
                      category: str = "object") -> Instances:
-        """Every instance similar to the one in ``ref_box``, outlined, best score first.
+        """Every instance like the ones in ``refs`` and unlike ``negatives``, outlined, best first.
 
-        When ``policy.tiling_plan`` says so (large images, or small references the matcher
-        upscales), the image goes through it in tiles: same result, bounded memory.
+        ``refs``: one (x0, y0, x1, y1) box or a sequence of them (positives of one kind);
+        ``negatives``: boxes of things not wanted (``references``: scores pooled over the
+        positives, candidates a negative scores higher dropped). When ``policy.tiling_plan``
+        says so (large images, or small references the matcher upscales), the image goes
+        through it in tiles: same result, bounded memory.
         """
         if self._rgb is None:
             raise InstannoError("no image set; call set_image(image) first")
-        box = check_box(ref_box, self.image_shape, "reference box")
-        if tiling_plan(self.image_shape, box, self.matcher).tiled:
+        if isinstance(negatives, (int, float)):
+            raise InstannoError("negatives must be boxes; pass the score threshold by name: "
+                                "find_similar(ref, score_threshold=...)")
+        pos, neg = check_references(refs, negatives, self.image_shape)
+        if tiling_plan(self.image_shape, representative(pos), self.matcher).tiled:
             from .tiling import find_similar_tiled
 
-            return find_similar_tiled(self, self._rgb, box, score_threshold=score_threshold,
-                                      category=category, value_range=((0.0,) * 3, (1.0,) * 3))
+            return find_similar_tiled(self, self._rgb, pos, negatives=neg,
+                                      score_threshold=score_threshold, category=category,
+                                      value_range=((0.0,) * 3, (1.0,) * 3))
         matcher = self._component("matcher")
-        boxes, scores = matcher.find(matcher.embed_reference(box))
-        keep = scores >= score_threshold
+        reference = embed_references(matcher, pos, neg)
+        boxes, scores = find_references(matcher, reference)
+        keep = (scores >= score_threshold) & not_negative(boxes, neg)
         h, w = self.image_shape
         boxes, scores = clip_boxes(boxes[keep], (0, 0, w, h)), scores[keep]
         polygons = self._component("outliner").outline(boxes) if len(boxes) else []
         keep = duplicates_suppressed(polygons, scores)  # two outlines of one object: the better
         polygons, boxes, scores = [polygons[i] for i in keep], boxes[keep], scores[keep]
-        return Instances(polygons=polygons, boxes=boxes, scores=scores, categories={1: category})
+        inst = Instances(polygons=polygons, boxes=boxes, scores=scores, categories={1: category})
+        return inst
 
     def box_to_polygon(self, box: Any) -> np.ndarray:
         """The polygon of the one instance inside ``box``."""

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InstannoError
-from ..image import check_box
 from ..instances import Instances
 from .checkpoint import TileStore
 from .engine import release, run_tasks
 from .merge import merge_tiles, report
-from .policy import TILE_SIZE, tiling_plan
+from .policy import TILE_SIZE, default_halo, tiling_plan
+from .references import PooledMatcher, check_references, embed_references, not_negative, representative, side
 from .seams import Tile, plan_tiles
 from .sources import SourceError, as_source
 from .tile_task import Outcome, TileJob, embed_reference, run_tiles
@@ -59,6 +59,7 @@ def find_similar_tiled(
     image: Any,
     ref_box: Any,
     *,
+    negatives: Any = None,
     tile_size: int = TILE_SIZE,
     halo: int | None = None,
     category: str = "object",
@@ -77,6 +78,8 @@ def find_similar_tiled(
 ) -> Instances:
     """Every instance similar to the one in ``ref_box``, found tile by tile.
 
+    ``ref_box`` may be several boxes (positives of one kind) and ``negatives`` boxes of things
+    not wanted, pooled as on the whole image (``references``).
     ``image``: numpy, dask or zarr array (H, W) or (H, W, C), a multiscale list or OME-Zarr group
     (``level`` picks the level), an image path or a rasterio dataset; never loaded whole.
     ``ref_box`` (x0, y0, x1, y1) is in that level's pixels, as are the results. Tiles have
@@ -99,21 +102,28 @@ def find_similar_tiled(
     """
     source = as_source(image, level)
     shape = source.shape
-    box = check_box(ref_box, shape, "reference box")
+    boxes, neg = check_references(ref_box, negatives, shape)
+    box = representative(boxes)
     if int(tile_size) < 16:
         raise InstannoError(f"tile_size {tile_size} is too small; use at least 16 pixels")
     if halo is not None and int(halo) < 0:
         raise InstannoError(f"halo {halo} is negative")
+    if halo is None and len(boxes) > 1:  # the largest positive fits in the halo
+        halo = default_halo(boxes[int(np.argmax(side(boxes)))])
     plan = tiling_plan(shape, box, annotator.matcher, tile_size=int(tile_size), halo=halo)
     if value_range is None:
         value_range = source.value_range()
     value_range = (np.asarray(value_range[0], np.float32), np.asarray(value_range[1], np.float32))
     tiles = plan_tiles(shape, plan.tile_size, plan.halo)
-    margin = max(1.0, float(min(box[2] - box[0], box[3] - box[1])) / 4)
+    margin = max(1.0, float((boxes[:, 2:] - boxes[:, :2]).min()) / 4)
+    several = len(boxes) > 1 or len(neg) > 0
     matcher, outliner = annotator.matcher, annotator.outliner
+    if several:
+        matcher = PooledMatcher(matcher)
     fingerprint = {
         "shape": list(shape), "dtype": str(source.dtype), "tile_size": plan.tile_size,
-        "halo": plan.halo, "ref_box": box, "score_threshold": float(score_threshold),
+        "halo": plan.halo, "ref_box": boxes if several else box,
+        **({"negatives": neg} if len(neg) else {}), "score_threshold": float(score_threshold),
         "value_range": value_range, "matcher": _describe(matcher),
         "outliner": _describe(outliner), "margin": margin,
     }
@@ -138,7 +148,8 @@ def find_similar_tiled(
     try:
         if pending:
             job.warm_models = copy.deepcopy((matcher, outliner))
-            job.reference = embed_reference(job, tiles, box)
+            job.reference = (embed_references(lambda b: embed_reference(job, tiles, b), boxes, neg)
+                             if several else embed_reference(job, tiles, box))
 
             def on_outcomes(outs: list[Outcome]) -> bool:
                 nonlocal interrupted
@@ -172,6 +183,8 @@ def find_similar_tiled(
     finally:
         if spill is not None:
             spill.cleanup()
+    if len(neg) and len(merged):
+        merged = merged[not_negative(merged.boxes, neg)]
     report(results, failures, tiles, plan.halo, stopped and interrupted is None)
     if interrupted is not None:
         where = f"; finished tiles are kept in {checkpoint}" if checkpoint else ""

@@ -1,0 +1,187 @@
+"""Several references of one kind, and negatives: what the user wants and what they do not.
+
+Any matcher works: each positive reference is matched on its own and the detections of all of
+them are pooled (the best score at each place: non-maximum suppression over the union). Each
+negative is matched the same way; a candidate is dropped where a negative's detection at the
+same place (box IoU >= ``SAME_PLACE``) scores higher than the candidate's best positive score
+(``pool``), and wherever it is a negative box itself (``not_negative``). ``PooledMatcher`` wraps
+a matcher so that the tiler (``tiling.find_similar_tiled``) runs a ``ReferenceSet`` tile by tile
+like a single reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InstannoError
+from ..geometry import box_iou, nms
+from ..image import check_box
+
+SAME_PLACE = 0.5  # box IoU above which two detections are the same object
+CONFLICT_IOU = 0.5  # a negative this close to a positive is the same object: a contradiction
+MAX_SIZE_RATIO = 6.0  # the largest positive's side over the smallest's (geometric mean sides)
+
+
+def as_boxes(boxes: Any, what: str) -> np.ndarray:
+    """(k, 4) float boxes from one (x0, y0, x1, y1) box or a sequence of them (None: none)."""
+    if boxes is None:
+        return np.zeros((0, 4))
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InstannoError(f"{what} must be (x0, y0, x1, y1) boxes of 4 numbers each") from err
+    if arr.size == 0:
+        return np.zeros((0, 4))
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise InstannoError(f"{what} must be (x0, y0, x1, y1) boxes of 4 numbers each, "
+                            f"got an array of shape {arr.shape}")
+    return arr
+
+
+def side(boxes: np.ndarray) -> np.ndarray:
+    """Geometric-mean side of each (x0, y0, x1, y1) box."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.sqrt(np.clip(b[:, 2] - b[:, 0], 1e-6, None) * np.clip(b[:, 3] - b[:, 1], 1e-6, None))
+
+
+def check_references(refs: Any, negatives: Any, shape: tuple[int, int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(positives (k, 4), negatives (m, 4)), each checked against an image of ``shape`` (H, W)
+    and clipped to it; a one-line ``InstannoError`` for a contradiction or a mixed set."""
+    pos = as_boxes(refs, "reference boxes")
+    if not len(pos):
+        raise InstannoError("no reference box: give at least one box around an instance")
+    many = len(pos) > 1
+    pos = np.stack([check_box(b, shape, f"reference box {i + 1}" if many else "reference box")
+                    for i, b in enumerate(pos)])
+    neg = as_boxes(negatives, "negative boxes")
+    if len(neg):
+        neg = np.stack([check_box(b, shape, f"negative box {i + 1}") for i, b in enumerate(neg)])
+    sides = side(pos)
+    if sides.max() > MAX_SIZE_RATIO * sides.min():
+        i, j = int(sides.argmax()), int(sides.argmin())
+        raise InstannoError(
+            f"reference boxes {j + 1} and {i + 1} differ in size by {sides[i] / sides[j]:.0f}x "
+            f"(at most {MAX_SIZE_RATIO:.0f}x): references must be one kind of object; "
+            "run the sizes separately")
+    if len(neg):
+        iou = box_iou(neg, pos)
+        if iou.max() >= CONFLICT_IOU:
+            n, p = np.unravel_index(int(iou.argmax()), iou.shape)
+            raise InstannoError(
+                f"negative box {n + 1} covers reference box {p + 1} (IoU {iou[n, p]:.2f}): an "
+                "object cannot be both wanted and not wanted; remove one of the two")
+    return pos, neg
+
+
+def representative(boxes: np.ndarray) -> np.ndarray:
+    """The box of median size: what the tiling plan and the matcher's scale are chosen for."""
+    order = np.argsort(side(boxes), kind="stable")
+    return np.asarray(boxes, dtype=np.float64)[order[(len(order) - 1) // 2]]
+
+
+@dataclass
+class ReferenceSet:
+    """The matcher's references for the positive and negative boxes (usable on any image)."""
+
+    positives: list[Any]
+    negatives: list[Any] = field(default_factory=list)
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    negative_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+
+    @property
+    def method(self) -> str | None:
+        """The path a guarded matcher takes for the set (None for other matchers)."""
+        return getattr(self.positives[0], "method", None) if self.positives else None
+
+
+def agree_on_method(refs: ReferenceSet) -> ReferenceSet:
+    """One path for every reference of a guarded matcher: the learned one when at least half of
+    the positives' evidence supports it, else NCC (pooled scores must come from one matcher)."""
+    methods = [getattr(r, "method", None) for r in refs.positives]
+    if methods and all(m is not None for m in methods):
+        chosen = "learned" if 2 * methods.count("learned") >= len(methods) else "ncc"
+        for r in refs.positives + refs.negatives:
+            r.method = chosen
+    return refs
+
+
+def embed_references(embed: Any, boxes: np.ndarray, negative_boxes: np.ndarray) -> ReferenceSet:
+    """The references of each box: ``embed`` is a matcher (its current image) or a function of
+    one box giving its reference."""
+    one = getattr(embed, "embed_reference", embed)
+    refs = ReferenceSet([one(b) for b in boxes], [one(b) for b in negative_boxes],
+                        np.asarray(boxes, float).reshape(-1, 4),
+                        np.asarray(negative_boxes, float).reshape(-1, 4))
+    return agree_on_method(refs)
+
+
+def pool(positive: Sequence[tuple[np.ndarray, np.ndarray]],
+         negative: Sequence[tuple[np.ndarray, np.ndarray]] = (), nms_iou: float = SAME_PLACE
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes and scores, best first, from each reference's (boxes, scores): the positives'
+    union after NMS, minus the candidates a negative scores higher at the same place."""
+    boxes = np.concatenate([np.asarray(b, float).reshape(-1, 4) for b, _ in positive] or
+                           [np.zeros((0, 4))])
+    scores = np.concatenate([np.asarray(s, float).reshape(-1) for _, s in positive] or
+                            [np.zeros(0)])
+    keep = nms(boxes, scores, nms_iou)
+    boxes, scores = boxes[keep], scores[keep]
+    if len(boxes) and len(negative):
+        nb = np.concatenate([np.asarray(b, float).reshape(-1, 4) for b, _ in negative])
+        ns = np.concatenate([np.asarray(s, float).reshape(-1) for _, s in negative])
+        if len(nb):
+            iou = box_iou(boxes, nb)
+            against = np.where(iou >= SAME_PLACE, ns[None, :], 0.0).max(1)
+            ok = against <= scores
+            boxes, scores = boxes[ok], scores[ok]
+    order = np.argsort(-scores, kind="stable")
+    return boxes[order], scores[order]
+
+
+def find_references(matcher: Any, refs: ReferenceSet) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (N, 4) and scores (N,) of everything like the positives and unlike the negatives
+    in ``matcher``'s current image, best first."""
+    return pool([matcher.find(r) for r in refs.positives],
+                [matcher.find(r) for r in refs.negatives],
+                float(getattr(matcher, "nms_iou", SAME_PLACE)))
+
+
+def not_negative(boxes: np.ndarray, negative_boxes: np.ndarray) -> np.ndarray:
+    """Whether each box (N, 4) is other than every negative box (box IoU < ``SAME_PLACE``)."""
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    if not len(boxes) or not len(negative_boxes):
+        return np.ones(len(boxes), dtype=bool)
+    return box_iou(boxes, negative_boxes).max(1) < SAME_PLACE
+
+
+class PooledMatcher:
+    """A matcher whose ``find`` (and ``find_batch``, where the wrapped one has it) takes a
+    ``ReferenceSet``; everything else is the wrapped matcher's (``inner``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner" or name.startswith("__"):  # not set yet (copy / unpickle)
+            raise AttributeError(name)
+        if name == "find_batch" and hasattr(self.inner, "find_batch"):
+            return self._find_batch
+        return getattr(self.inner, name)
+
+    def find(self, refs: ReferenceSet) -> tuple[np.ndarray, np.ndarray]:
+        return find_references(self.inner, refs)
+
+    def _find_batch(self, images: list[np.ndarray], refs: ReferenceSet
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        nms_iou = float(getattr(self.inner, "nms_iou", SAME_PLACE))
+        pos = [self.inner.find_batch(images, r) for r in refs.positives]
+        neg = [self.inner.find_batch(images, r) for r in refs.negatives]
+        return [pool([p[i] for p in pos], [n[i] for n in neg], nms_iou)
+                for i in range(len(images))]

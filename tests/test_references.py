@@ -1,0 +1,113 @@
+"""Several references and negatives (``inference.references``): pooled positives, suppressed
+negatives, the same on tiles, and the bad input that gets a one-line message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_instanno import Annotator, InstannoError
+from napari_instanno.inference.references import check_references, pool
+from napari_instanno.inference.tiling import find_similar_tiled
+
+KINDS = ("disc", "ring", "square")
+
+
+def scene(n: int = 6, spacing: int = 32, r: int = 8) -> tuple[np.ndarray, dict[str, list]]:
+    """Discs, rings and squares of one size on a grid (12 of each), with a little noise."""
+    size = n * spacing
+    rr, cc = np.mgrid[:size, :size] + 0.5
+    img = np.zeros((size, size))
+    where: dict[str, list] = {k: [] for k in KINDS}
+    for i in range(n):
+        for j in range(n):
+            y, x = (i + 0.5) * spacing, (j + 0.5) * spacing
+            kind = KINDS[(i * n + j) % 3]
+            d = np.hypot(rr - y, cc - x)
+            mask = {"disc": d <= r, "ring": (d <= r) & (d >= r - 3),
+                    "square": (abs(rr - y) <= 0.8 * r) & (abs(cc - x) <= 0.8 * r)}[kind]
+            img[mask] = 1.0
+            where[kind].append((y, x))
+    img += np.random.default_rng(0).normal(0, 0.02, img.shape)
+    return img.astype(np.float32), where
+
+
+def box(centre: tuple[float, float], half: float = 10) -> list[float]:
+    y, x = centre
+    return [x - half, y - half, x + half, y + half]
+
+
+def found(inst, where) -> dict[str, int]:
+    """How many of each kind were found (a detection centred within 3 px)."""
+    centres = (inst.boxes[:, [1, 0]] + inst.boxes[:, [3, 2]]) / 2
+    return {k: sum(bool(len(centres)) and np.linalg.norm(centres - c, axis=1).min() < 3
+                   for c in cs) for k, cs in where.items()}
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    img, where = scene()
+    return Annotator(matcher="ncc", outliner="ellipse", device="cpu").set_image(img), img, where
+
+
+def test_a_second_reference_adds_its_look_and_a_negative_removes_its_look(shapes):
+    ann, _, where = shapes
+    disc, ring, square = (box(where[k][0]) for k in KINDS)
+    one = ann.find_similar(disc, score_threshold=0.7)
+    assert found(one, where) == {"disc": 12, "ring": 0, "square": 12}
+    two = ann.find_similar([disc, ring], score_threshold=0.7)
+    assert found(two, where) == {"disc": 12, "ring": 12, "square": 12}
+    assert len(two) == 36  # pooled: each object once
+    wanted = ann.find_similar([disc, ring], negatives=[square], score_threshold=0.7)
+    assert found(wanted, where) == {"disc": 12, "ring": 12, "square": 0}
+    assert len(wanted) == 24
+    assert np.all(np.diff(wanted.scores) <= 1e-9)
+
+
+def test_one_box_in_a_list_is_the_same_as_one_box(shapes):
+    ann, _, where = shapes
+    a = ann.find_similar(box(where["disc"][3]), score_threshold=0.5)
+    b = ann.find_similar([box(where["disc"][3])], score_threshold=0.5)
+    np.testing.assert_allclose(a.boxes, b.boxes)
+    np.testing.assert_allclose(a.scores, b.scores)
+
+
+def test_tiled_runs_take_the_same_references(shapes):
+    ann, img, where = shapes
+    refs = [box(where["disc"][0]), box(where["ring"][4])]
+    neg = [box(where["square"][7])]
+    whole = ann.find_similar(refs, negatives=neg, score_threshold=0.7)
+    tiled = find_similar_tiled(ann, img, refs, negatives=neg, score_threshold=0.7, tile_size=64,
+                               scheduler="sync")
+    assert found(tiled, where) == found(whole, where) == {"disc": 12, "ring": 12, "square": 0}
+    assert len(tiled) == len(whole) == 24
+
+
+def test_pool_keeps_the_best_score_per_place_and_drops_what_a_negative_scores_higher():
+    a = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [100, 0, 110, 10.0]])
+    b = np.array([[1, 0, 11, 10], [200, 0, 210, 10.0]])
+    boxes, scores = pool([(a, [0.5, 0.9, 0.6]), (b, [0.8, 0.4])],
+                         [(np.array([[100, 1, 110, 11], [50, 50, 60, 60.0]]), [0.7, 0.2])])
+    # (0, 0) twice -> its best 0.8; (100, 0) a negative scores higher -> dropped; (50, 50) kept
+    np.testing.assert_allclose(scores, [0.9, 0.8, 0.4])
+    np.testing.assert_allclose(boxes[1], b[0])
+
+
+@pytest.mark.parametrize("refs, negatives, message", [
+    ([[10, 10, 30, 30]], [[11, 11, 31, 31]], "negative box 1 covers reference box 1"),
+    ([[10, 10, 20, 20], [0, 0, 100, 100]], None, "differ in size by 10x"),
+    ([[10, 10, 20, 20], [300, 300, 320, 320]], None, "reference box 2 .* outside"),
+    ([[10, 10, 20, 20]], [[-50, -50, -10, -10]], "negative box 1 .* outside"),
+    ([], None, "no reference box"),
+    ([[1, 2, 3]], None, "4 numbers"),
+])
+def test_bad_references_get_one_line_that_says_what_to_do(refs, negatives, message):
+    with pytest.raises(InstannoError, match=message) as err:
+        check_references(refs, negatives, (192, 192))
+    assert "\n" not in str(err.value)
+
+
+def test_a_score_threshold_where_negatives_go_is_refused(shapes):
+    ann, _, where = shapes
+    with pytest.raises(InstannoError, match="score_threshold="):
+        ann.find_similar(box(where["disc"][0]), 0.5)
