@@ -177,6 +177,16 @@ def _stack_zarr(tmp_path):
     return path
 
 
+def _ome_z_stack(tmp_path):
+    import zarr
+
+    path = tmp_path / "stack.ome.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("0", shape=(1, 1, 12, 64, 64), chunks=(1, 1, 1, 64, 64), dtype="u1")
+    group.attrs["multiscales"] = [{"axes": ["t", "c", "z", "y", "x"], "datasets": [{"path": "0"}]}]
+    return path
+
+
 def _file(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -206,6 +216,7 @@ BAD_PREDICT = {
     "text png": ({"image": "{text}"}, "is not an image"),
     "3D TIFF stack": ({"image": "{tif}"}, "3D / time stack"),
     "zarr stack": ({"image": "{zarr}"}, "3D / time stack"),
+    "OME-Zarr z stack": ({"image": "{ome}"}, "has shape (12, 64, 64, 1): a 3D / time stack"),
 }
 
 
@@ -243,7 +254,8 @@ def test_bad_predict_arguments_fail_fast_in_one_line(case, disc_png, tmp_path, c
     png, _ = disc_png
     names = {"tmp": tmp_path, "png": png, "empty": _file(tmp_path, "empty.png", b""),
              "text": _file(tmp_path, "notes.png", b"just some text\n"),
-             "tif": _stack_tiff(tmp_path), "zarr": _stack_zarr(tmp_path)}
+             "tif": _stack_tiff(tmp_path), "zarr": _stack_zarr(tmp_path),
+             "ome": _ome_z_stack(tmp_path)}
     change, message = BAD_PREDICT[case]
     cmd = {"image": "{png}", "box": ["6", "6", "20", "20"], "out": "{tmp}/o.json",
            "extra": ["--matcher", "ncc", "--outliner", "otsu"], **change}

@@ -94,7 +94,9 @@ def _ome_level(array: Any, axes: list[str]) -> Any:
     data = da.from_zarr(array)
     if "c" in axes and len(axes) == data.ndim:
         data = da.moveaxis(data, axes.index("c"), -1)
-    while data.ndim > 3 or (data.ndim == 3 and data.shape[0] == 1 and data.shape[-1] > 4):
+    # only axes of length 1: a z / t axis longer than that stays, so a stack is never read as
+    # its first plane (callers refuse it: one 2D plane is what the models take)
+    while data.shape[0] == 1 and (data.ndim > 3 or (data.ndim == 3 and data.shape[-1] > 4)):
         data = data[0]
     return data
 
