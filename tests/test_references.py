@@ -111,3 +111,28 @@ def test_a_score_threshold_where_negatives_go_is_refused(shapes):
     ann, _, where = shapes
     with pytest.raises(InstannoError, match="score_threshold="):
         ann.find_similar(box(where["disc"][0]), 0.5)
+
+
+def xywh(b: list[float]) -> list[str]:
+    return [str(b[0]), str(b[1]), str(b[2] - b[0]), str(b[3] - b[1])]
+
+
+def test_the_cli_takes_several_ref_boxes_and_negative_boxes(tmp_path, capsys):
+    from skimage.io import imsave
+
+    from napari_instanno.cli import main
+
+    img, where = scene()
+    png = tmp_path / "shapes.png"
+    imsave(png, (np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
+    disc, ring, square = (box(where[k][0]) for k in KINDS)
+    args = ["predict", str(png), "--ref-box", *xywh(disc), "--ref-box", *xywh(ring),
+            "--matcher", "ncc", "--outliner", "ellipse", "--device", "cpu",
+            "--score-threshold", "0.7", "--out"]
+    assert main([*args, str(tmp_path / "all.json")]) == 0
+    assert "36 instance(s)" in capsys.readouterr().out
+    assert main([*args, str(tmp_path / "wanted.json"), "--negative-box", *xywh(square)]) == 0
+    assert "24 instance(s)" in capsys.readouterr().out
+    assert main([*args, str(tmp_path / "bad.json"), "--negative-box", *xywh(disc)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "negative box 1 covers reference box 1" in err and "\n" not in err

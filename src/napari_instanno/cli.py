@@ -33,9 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("image", help="PNG / JPEG / TIFF / GeoTIFF file or zarr store")
     which = pr.add_mutually_exclusive_group(required=True)
     which.add_argument("--ref-box", nargs=4, type=float, metavar=("X", "Y", "W", "H"),
-                       help="reference instance: find every similar one")
+                       action="append", help="reference instance: find every similar one "
+                       "(repeat it for several references of one kind)")
     which.add_argument("--box", nargs=4, type=float, metavar=("X", "Y", "W", "H"),
                        help="one instance: return its polygon")
+    pr.add_argument("--negative-box", nargs=4, type=float, metavar=("X", "Y", "W", "H"),
+                    action="append", help="a thing not wanted (repeatable; with --ref-box)")
     pr.add_argument("--out", required=True, help="output file")
     pr.add_argument("--format", choices=("coco", "coco-results", "geojson"), default=None,
                     help="coco: a COCO dataset (COCO(path) loads it); coco-results: the results "
@@ -124,7 +127,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .instances import Instances
     from .io.images import open_image
 
-    shape, box = cli_checks.check_predict(a)
+    shape, box, negatives = cli_checks.check_predict(a)
     fmt = a.format or ("geojson" if a.out.lower().endswith((".geojson", ".geo.json")) else "coco")
     opened = open_image(a.image, level=a.level)
     h, w = shape[:2]
@@ -142,7 +145,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         progress = tqdm_progress()
         try:
             inst = find_similar_tiled(
-                ann, opened.data, box, tile_size=a.tile_size or TILE_SIZE,
+                ann, opened.data, box, negatives=negatives, tile_size=a.tile_size or TILE_SIZE,
                 category=a.category, score_threshold=a.score_threshold, scheduler=a.scheduler,
                 progress=progress, checkpoint=a.checkpoint, table=a.table,
                 batch_size=a.batch_size)
@@ -150,7 +153,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
             progress.close()
     else:
         ann.set_image(np.asarray(opened.data))
-        inst = ann.find_similar(box, a.score_threshold, a.category)
+        inst = ann.find_similar(box, negatives, a.score_threshold, a.category)
     if fmt == "geojson":
         inst.to_geojson(a.out, transform=opened.transform, crs=opened.crs, overwrite=a.overwrite)
     elif fmt == "coco":
@@ -204,7 +207,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device).set_image(image)
-    inst = ann.find_similar(ref_box, DEFAULT_MIN_SCORE, category="nucleus")
+    inst = ann.find_similar(ref_box, score_threshold=DEFAULT_MIN_SCORE, category="nucleus")
     info = {"file_name": "nuclei.png", "height": image.shape[0], "width": image.shape[1]}
     write_coco(out / "nuclei.coco.json", [(info, inst)], overwrite=True)
     inst.to_geojson(out / "nuclei.geojson", overwrite=True)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import InstannoError
 from .image import check_box
+from .inference.references import check_references
 
 MAX_CHANNELS = 16  # an (H, W, C) image with more "channels" than this is taken for a 3D / time stack
 
@@ -181,9 +182,10 @@ def _models(a: argparse.Namespace) -> None:
     component("outliner", a.outliner, OUTLINERS)
 
 
-def check_predict(a: argparse.Namespace) -> tuple[tuple[int, ...], np.ndarray]:
-    """Every argument of ``instanno predict``; returns the image's (H, W[, C]) shape and the
-    (x0, y0, x1, y1) box (of ``--ref-box`` or ``--box``)."""
+def check_predict(a: argparse.Namespace) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """Every argument of ``instanno predict``; returns the image's (H, W[, C]) shape, the
+    (x0, y0, x1, y1) box of ``--box`` or the (k, 4) boxes of ``--ref-box`` and the (m, 4)
+    ``--negative-box`` boxes."""
     output_file(a.out, a.overwrite)
     if a.table is not None:
         output_file(a.table, a.overwrite, "--table")
@@ -193,13 +195,21 @@ def check_predict(a: argparse.Namespace) -> tuple[tuple[int, ...], np.ndarray]:
     positive(a.batch_size, "--batch-size")
     fraction(a.score_threshold, "--score-threshold")
     non_negative(a.level, "--level")
-    flag, values = ("--ref-box", a.ref_box) if a.ref_box is not None else ("--box", a.box)
-    box = box_xywh(values, flag)
+    negatives = np.array([box_xywh(v, "--negative-box") for v in a.negative_box or []]).reshape(-1, 4)
+    if len(negatives) and a.ref_box is None:
+        raise InstannoError("--negative-box goes with --ref-box (things not wanted among the matches)")
+    if a.ref_box is not None:
+        box = np.stack([box_xywh(v, "--ref-box") for v in a.ref_box])
+    else:
+        box = box_xywh(a.box, "--box")
     _models(a)
     shape = image_shape(a.image, a.level)
-    check_box(box, shape[:2], flag)
+    if a.ref_box is not None:
+        check_references(box, negatives, shape[:2])
+    else:
+        check_box(box, shape[:2], "--box")
     device(a.device)
-    return shape, box
+    return shape, box, negatives
 
 
 def check_evaluate(a: argparse.Namespace) -> None:
