@@ -30,6 +30,7 @@ from .geometry import (
 )
 
 STATUSES = ("proposed", "accepted", "rejected")
+INT_PROPERTIES = ("plane", "track_id")  # stacks (inference.stacks): integers whenever all are
 
 
 @dataclass
@@ -39,7 +40,9 @@ class Instances:
     ``polygons[i]`` is a (K, 2) array of (row, col) vertices in pixel-corner coordinates (the outer
     ring of the largest part), ``geometries[i]`` the whole shapely geometry in (x, y) and
     ``boxes[i]`` an (x0, y0, x1, y1) box in the same frame (see the module docstring).
-    ``categories`` maps category ids to names; ``properties`` holds one array per extra column.
+    ``categories`` maps category ids to names; ``properties`` holds one array per extra column;
+    a stack's instances have ``plane`` and ``track_id`` (int64 whenever every value is an
+    integer, e.g. read back from a file).
     """
 
     polygons: list[np.ndarray] = field(default_factory=list)
@@ -72,7 +75,7 @@ class Instances:
         self.scores = _column(self.scores, n, 1.0, np.float64)
         self.category_ids = _column(self.category_ids, n, min(self.categories), np.int64)
         self.status = _column(self.status, n, "proposed", object)
-        self.properties = {k: np.asarray(v) for k, v in self.properties.items()}
+        self.properties = {k: _property(k, v) for k, v in self.properties.items()}
         bad = {len(self.boxes), *(len(v) for v in self.properties.values())} - {n}
         if bad:
             raise ValueError(f"Instances columns disagree in length with {n} polygons: {bad}")
@@ -232,4 +235,13 @@ def _column(values: Any, n: int, default: Any, dtype: Any) -> np.ndarray:
     arr = np.asarray(values, dtype=dtype).reshape(-1)
     if dtype is object:
         arr = arr.astype(object)
+    return arr
+
+
+def _property(key: str, values: Any) -> np.ndarray:
+    """A property column; ``INT_PROPERTIES`` read back as Python ints become int64."""
+    arr = np.asarray(values)
+    if key in INT_PROPERTIES and arr.dtype == object and all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) for v in arr.tolist()):
+        arr = arr.astype(np.int64)
     return arr
