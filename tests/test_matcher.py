@@ -266,7 +266,7 @@ def test_missing_weights_is_a_clear_error(tmp_path) -> None:
         LearnedMatcher(weights=tmp_path / "nope.safetensors")
     matcher = LearnedMatcher.__new__(LearnedMatcher)
     matcher.image = None
-    matcher.min_reference_side, matcher.max_upscale = 48.0, 4.0
+    matcher.min_reference_side, matcher.max_upscale, matcher.max_reference_side = 48.0, 4.0, 112.0
     with pytest.raises(InstannoError, match="no image set"):
         matcher.embed_reference(np.array([0, 0, 5, 5]))
 

@@ -41,11 +41,14 @@ class LearnedMatcher:
 
     Small references are matched on an upscaled image so that the reference is at least
     ``min_reference_side`` pixels (geometric mean of its sides), by at most ``max_upscale``: the
-    features have stride 8 and tiny objects would merge. The factor depends on the reference
-    alone, so tiled and whole-image runs agree. Upscaling by ``f`` costs ``f²``; features are
-    cached for the last scale used, so new references of a similar size only cost the
-    cross-attention and heads. ``threshold`` is the lowest score kept, ``max_detections`` the
-    most boxes returned and ``nms_iou`` the overlap above which the weaker of two boxes is dropped.
+    features have stride 8 and tiny objects would merge. Large ones, the mirror rule, on an image
+    downscaled by a power of two so that the reference is at most ``max_reference_side`` pixels,
+    by at most ``max_downscale`` (the matcher is trained on references up to about 128 px).
+    The factor depends on the reference alone, so tiled and whole-image runs agree. Upscaling by
+    ``f`` costs ``f²``; features are cached for the last scale used, so new references of a
+    similar size only cost the cross-attention and heads. ``threshold`` is the lowest score kept,
+    ``max_detections`` the most boxes returned and ``nms_iou`` the overlap above which the weaker
+    of two boxes is dropped.
     ``half`` runs the network in float16 autocast (a GPU's fast path; references stay float32).
     It is off by default until measured on a GPU: under CPU autocast it finds the same nuclei on
     the sample (``test_half_precision_finds_the_same_nuclei_and_keeps_float32_references``).
@@ -54,6 +57,7 @@ class LearnedMatcher:
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
                  threshold: float = 0.05, max_detections: int = 5000, nms_iou: float = 0.5,
                  min_reference_side: float = 36.0, max_upscale: float = 4.0,
+                 max_reference_side: float = 112.0, max_downscale: float = 4.0,
                  half: bool = False, **_: object) -> None:
         self.device = device
         self.half = bool(half)
@@ -63,6 +67,8 @@ class LearnedMatcher:
         self.nms_iou = nms_iou
         self.min_reference_side = float(min_reference_side)
         self.max_upscale = max(float(max_upscale), 1.0)
+        self.max_reference_side = float(max_reference_side)
+        self.max_downscale = max(float(max_downscale), 1.0)
         self.image: torch.Tensor | None = None
         self.features: dict | None = None
         self.feature_scale: float | None = None
@@ -93,8 +99,12 @@ class LearnedMatcher:
         self.features = self.feature_scale = None
 
     def scale_for(self, box: np.ndarray) -> float:
-        """The upscaling factor for a reference box (x0, y0, x1, y1): 1, or a multiple of 1/4."""
+        """The image's scale for a reference box (x0, y0, x1, y1): 1, an upscaling by a multiple
+        of 1/4 (small references) or a downscaling by 1/2 or 1/4 (large ones)."""
         side = float(np.sqrt(max(box[2] - box[0], 1e-6) * max(box[3] - box[1], 1e-6)))
+        if self.max_reference_side > 0 and side > self.max_reference_side:
+            halvings = np.ceil(np.log2(side / self.max_reference_side))
+            return float(max(0.5 ** halvings, 0.5 ** np.floor(np.log2(self.max_downscale))))
         f = np.ceil(min(self.min_reference_side / side, self.max_upscale) * 4) / 4
         return max(1.0, float(f))
 
@@ -112,7 +122,7 @@ class LearnedMatcher:
         x = images.to(self.device)  # upscaled where the model runs: on a GPU, a 4-16x smaller copy
         if scale != 1.0:  # the exact factor: windows of an image upscale like the whole
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
-                              recompute_scale_factor=False)
+                              recompute_scale_factor=False, antialias=scale < 1)
         x = F.pad(x, (0, -x.shape[-1] % PAD, 0, -x.shape[-2] % PAD))
         with self._inference():
             return self.model.features(x)

@@ -47,7 +47,8 @@ def tiling_plan(shape: tuple[int, ...], box: np.ndarray, matcher: Any, *, lazy: 
     Tiled when the image is ``lazy`` (not in memory), larger than ``IN_MEMORY_PIXELS``, the
     matcher would see more than ``MAX_MATCH_PIXELS`` once it rescales for the reference, or a
     ``tile_size`` is asked for. A matcher that upscales by ``f`` gets tiles of about
-    ``tile_size / f`` image pixels whose origins stay on its feature grid (multiples of 64).
+    ``tile_size / f`` image pixels whose origins stay on its feature grid (multiples of 64); one
+    that downscales by 1/2 or 1/4 gets origins on multiples of 64 or 128.
     """
     h, w = int(shape[0]), int(shape[1])
     scale = upscale_factor(matcher, box)
@@ -58,4 +59,13 @@ def tiling_plan(shape: tuple[int, ...], box: np.ndarray, matcher: Any, *, lazy: 
     if scale > 1.0:
         size = max(UPSCALED_GRID, int(np.ceil(size / scale / UPSCALED_GRID)) * UPSCALED_GRID)
         margin = int(np.ceil(margin / UPSCALED_GRID) * UPSCALED_GRID)
+    elif scale < 1.0:  # downscaled by 1/2 or 1/4: origins on multiples of 32 / scale
+        grid = reference_grid(scale)
+        size = max(grid, int(np.ceil(size / grid)) * grid)
+        margin = int(np.ceil(margin / grid) * grid)
     return TilingPlan(tiled, size, margin)
+
+
+def reference_grid(scale: float) -> int:
+    """The grid (image pixels) that windows start on for a matcher scaling the image by ``scale``."""
+    return max(UPSCALED_GRID, int(round(HALO_MULTIPLE / scale)))

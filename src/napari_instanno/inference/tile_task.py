@@ -16,10 +16,11 @@ import numpy as np
 
 from ..image import clip_boxes, to_rgb01
 from .checkpoint import TileResult
+from .components import upscale_factor
 from .duplicates import duplicates_suppressed
 from .engine import borrow
 from .oom import on_cpu, with_oom_fallback
-from .policy import UPSCALED_GRID
+from .policy import reference_grid
 from .seams import Tile, owned, window
 from .sources import Source
 
@@ -68,7 +69,7 @@ def embed_reference(job: TileJob, tiles: list[Tile], box: np.ndarray) -> Any:
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     matcher = job.warm_models[0]
     if hasattr(matcher, "reference_extent"):
-        half, grid = matcher.reference_extent(box), UPSCALED_GRID
+        half, grid = matcher.reference_extent(box), reference_grid(upscale_factor(matcher, box))
         h, w = job.source.shape
         y0, y1 = max(int((cy - half) // grid * grid), 0), min(int(np.ceil(cy + half)), h)
         x0, x1 = max(int((cx - half) // grid * grid), 0), min(int(np.ceil(cx + half)), w)

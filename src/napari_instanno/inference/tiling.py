@@ -25,6 +25,7 @@ from ..errors import InstannoError
 from ..instances import Instances
 from .checkpoint import TileStore
 from .engine import release, run_tasks
+from .guard import label_method
 from .merge import merge_tiles, report
 from .policy import TILE_SIZE, default_halo, tiling_plan
 from .references import PooledMatcher, check_references, embed_references, not_negative, representative, side
@@ -190,7 +191,7 @@ def find_similar_tiled(
         where = f"; finished tiles are kept in {checkpoint}" if checkpoint else ""
         raise TilingInterrupted(
             f"stopped after {len(results)} of {total} tiles: {interrupted}{where}", merged)
-    return merged
+    return label_method(merged, job.reference)
 
 
 def _describe(component: Any) -> str:
