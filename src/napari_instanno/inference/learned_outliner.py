@@ -10,7 +10,7 @@ import shapely
 import torch
 
 from ..errors import InstannoError
-from ..geometry import polygon_box, resample_polygon, simplify
+from ..geometry import polygon_box, resample_polygon
 from ..models.backbone import fold_batchnorms
 from ..models.contour import ContourRegressor
 from ..models.weights import load_safetensors, read_metadata, shipped_path
@@ -83,9 +83,12 @@ class LearnedOutliner:
         return np.concatenate(out) if out else np.zeros((0, m.n_vertices, 2))
 
     def _finish(self, polys: np.ndarray) -> list[np.ndarray]:
-        if self.tolerance > 0:
-            return [simplify(p, self.tolerance) for p in polys]
-        return list(polys)
+        """Douglas-Peucker at ``tolerance`` on all rings at once (shapely), at least 3 vertices."""
+        if self.tolerance <= 0 or not len(polys):
+            return list(polys)
+        rings = shapely.simplify(shapely.linearrings(polys), self.tolerance, preserve_topology=False)
+        out = [shapely.get_coordinates(r)[:-1] for r in rings]
+        return [q if len(q) >= 3 else p for p, q in zip(polys, out, strict=True)]
 
     def outline(self, boxes: np.ndarray) -> list[np.ndarray]:
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
