@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InstannoError
-from ..geometry import polygon_box
+from ..geometry import ellipse_polygon, polygon_box
 from ..image import check_box, clip_boxes, to_rgb01
 from ..instances import Instances
 from .components import Matcher, Outliner
@@ -33,6 +33,7 @@ OUTLINERS = {
 WEIGHTS = {"matcher": "matcher", "outliner": "contour"}
 DEFAULT = {"matcher": "guarded", "outliner": "learned"}  # when the weights ship (guard.py)
 FALLBACK = {"matcher": "ncc", "outliner": "otsu"}
+STAND_IN_VERTICES = 16  # the ellipse standing in for a candidate not outlined yet
 DEFAULT_MIN_SCORE = 0.3  # what the widget shows and predict / demo keep by default; the API keeps all
 
 
@@ -110,7 +111,8 @@ class Annotator:
         return comp
 
     def find_similar(self, refs: Any, negatives: Any = None, score_threshold: float = 0.0,
-                     category: str = "object") -> Instances:
+                     category: str = "object", outline_threshold: float | None = None
+                     ) -> Instances:
         """Every instance like the ones in ``refs`` and unlike ``negatives``, outlined, best first.
 
         ``refs``: one (x0, y0, x1, y1) box or a sequence of them (positives of one kind);
@@ -118,6 +120,11 @@ class Annotator:
         positives, candidates a negative scores higher dropped). When ``policy.tiling_plan``
         says so (large images, or small references the matcher upscales), the image goes
         through it in tiles: same result, bounded memory.
+
+        ``outline_threshold``: outline now only the candidates scoring at least this (what a
+        viewer shows first); the others get their box's ellipse as a stand-in polygon and
+        ``properties["outlined"]`` False, for ``outline`` to finish later with the same result
+        as outlining all at once. Tiled runs outline every candidate.
         """
         if self._rgb is None:
             raise InstannoError("no image set; call set_image(image) first")
@@ -137,11 +144,43 @@ class Annotator:
         keep = (scores >= score_threshold) & not_negative(boxes, neg)
         h, w = self.image_shape
         boxes, scores = clip_boxes(boxes[keep], (0, 0, w, h)), scores[keep]
-        polygons = self._component("outliner").outline(boxes) if len(boxes) else []
-        keep = duplicates_suppressed(polygons, scores)  # two outlines of one object: the better
-        polygons, boxes, scores = [polygons[i] for i in keep], boxes[keep], scores[keep]
-        inst = Instances(polygons=polygons, boxes=boxes, scores=scores, categories={1: category})
+        now = scores >= (score_threshold if outline_threshold is None else outline_threshold)
+        polygons = self._component("outliner").outline(boxes[now]) if now.any() else []
+        keep = duplicates_suppressed(polygons, scores[now])  # two outlines of one object: the better
+        inst = Instances(polygons=[polygons[i] for i in keep], boxes=boxes[now][keep],
+                         scores=scores[now][keep], categories={1: category})
+        if outline_threshold is not None:
+            later = ~now
+            rest = Instances(polygons=[ellipse_polygon(b, STAND_IN_VERTICES) for b in boxes[later]],
+                             boxes=boxes[later], scores=scores[later], categories={1: category},
+                             properties={"outlined": np.zeros(int(later.sum()), dtype=bool)})
+            inst.properties["outlined"] = np.ones(len(inst), dtype=bool)
+            inst = Instances.concat([inst, rest])
         return label_method(inst, reference)
+
+    def outline(self, inst: Instances, min_score: float = 0.0) -> Instances:
+        """``inst`` from ``find_similar(..., outline_threshold=)`` on the current image, with its
+        stand-ins scoring at least ``min_score`` outlined and the ones that then duplicate a better
+        outline dropped: the same instances as outlining them all at once, best first."""
+        flag = inst.properties.get("outlined")
+        todo = np.zeros(len(inst), bool) if flag is None else ~flag.astype(bool)
+        todo = np.flatnonzero(todo & (inst.scores >= min_score))
+        if not len(todo):
+            return inst
+        polygons = list(inst.polygons)
+        for i, poly in zip(todo, self._component("outliner").outline(inst.boxes[todo]), strict=True):
+            polygons[i] = poly
+        done = flag.astype(bool)
+        done[todo] = True
+        outlined = np.flatnonzero(done)
+        keep = outlined[duplicates_suppressed([polygons[i] for i in outlined], inst.scores[outlined])]
+        idx = np.concatenate([keep, np.flatnonzero(~done)])
+        idx = idx[np.argsort(-inst.scores[idx], kind="stable")]
+        return Instances(polygons=[polygons[i] for i in idx], boxes=inst.boxes[idx],
+                         scores=inst.scores[idx], category_ids=inst.category_ids[idx],
+                         categories=dict(inst.categories), status=inst.status[idx],
+                         properties={**{k: v[idx] for k, v in inst.properties.items()},
+                                     "outlined": done[idx]})
 
     def box_to_polygon(self, box: Any) -> np.ndarray:
         """The polygon of the one instance inside ``box``."""
