@@ -200,3 +200,12 @@ class Annotator:
             raise InstannoError("refine needs a polygon of at least 3 finite (row, col) vertices")
         check_box(polygon_box(p), self._shape(), "polygon")
         return self._component("outliner").refine([p])[0]
+
+    def find_similar_stack(self, stack: Any, refs: Any, ref_plane: int = 0,
+                           **kwargs: Any) -> Instances:
+        """Every instance similar to ``refs`` (boxes on plane ``ref_plane``) on every plane of a
+        stack, time-lapse or series, linked into tracks (``properties["plane"]`` and
+        ``["track_id"]``); the references are embedded once. See ``inference.stacks``."""
+        from .stacks import find_similar_stack
+
+        return find_similar_stack(self, stack, refs, ref_plane, **kwargs)
