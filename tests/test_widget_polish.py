@@ -36,3 +36,27 @@ def test_dock_title_opened_from_the_plugins_menu_is_shown_whole(make_napari_view
     label = dock.titleBarWidget().title
     assert label.text() == "Find similar (Instanno)"
     assert label.width() >= label.fontMetrics().horizontalAdvance(label.text())
+
+
+def test_the_samples_and_the_demo_name_their_category_in_the_widget(make_napari_viewer, qtbot):
+    from napari_instanno.cli import show_result
+    from napari_instanno.inference.annotator import Annotator
+    from napari_instanno.napari.widgets import FindSimilarWidget
+    from napari_instanno.samples import nuclei_sample
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-instanno", "nuclei")
+    widget = FindSimilarWidget(viewer)
+    assert widget._category.value == "nucleus"
+    viewer.open_sample("napari-instanno", "coins")
+    widget.reset_choices()
+    widget._image.value = viewer.layers["coins"]
+    assert widget._category.value == "coin"
+
+    image, box = nuclei_sample()  # the demo: its result layer and its widget say the same name
+    demo = make_napari_viewer()
+    inst = Annotator(matcher="ncc", outliner="otsu").set_image(image).find_similar(
+        box, category="nucleus")
+    demo_widget = show_result(demo, image, inst)
+    assert set(demo.layers["nuclei instances"].features["category"]) == {"nucleus"}
+    assert demo_widget._category.value == "nucleus"

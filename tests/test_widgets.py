@@ -75,7 +75,7 @@ def test_run_gives_polygons_with_features_and_the_screenshot_shows_them(setup):
     assert set(layer.shape_type) == {"polygon"}
     feats = layer.features
     assert list(feats.columns) == ["score", "category", "status"]
-    assert set(feats["status"]) == {"proposed"} and set(feats["category"]) == {"object"}
+    assert set(feats["status"]) == {"proposed"} and set(feats["category"]) == {"nucleus"}
     assert feats["score"].between(0, 1).all() and feats["score"].max() == pytest.approx(1.0)
     assert np.allclose(layer.edge_color, STATUS_COLORS["proposed"])
     # polygons sit on nuclei: bright pixels inside, dark around
@@ -127,16 +127,16 @@ def test_threshold_review_keys_and_categories(setup):
     keys["Y"](layer)
     assert layer.features["status"][3] == "accepted"
 
-    # a second category in the same layer; re-running "object" keeps the reviewed shapes
+    # a second category in the same layer; re-running "nucleus" keeps the reviewed shapes
     ref = viewer.layers["reference"]
     ref.add_rectangles([box_to_rectangle([10, 10, 40, 40])])  # a large, different template
     widget._category.value = "blob"
     _run(viewer, widget, qtbot)
-    assert set(layer.features["category"]) == {"object", "blob"}
+    assert set(layer.features["category"]) == {"nucleus", "blob"}
     ref.selected_data = {0}  # the preset nucleus box again
-    widget._category.value = "object"
+    widget._category.value = "nucleus"
     _run(viewer, widget, qtbot)
-    obj = layer.features[layer.features["category"] == "object"]
+    obj = layer.features[layer.features["category"] == "nucleus"]
     assert (obj["status"] == "accepted").sum() == 3 and (obj["status"] == "rejected").sum() == 1
     assert len(obj) == n  # the same proposals again, none twice
 

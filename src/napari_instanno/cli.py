@@ -200,14 +200,15 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .inference.annotator import Annotator
     from .io.coco import write_coco
     from .io.overlay import save_overlay
-    from .samples import nuclei_sample
+    from .samples import CATEGORIES, nuclei_sample
 
     cli_checks.check_demo(a)
     image, ref_box = nuclei_sample()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device).set_image(image)
-    inst = ann.find_similar(ref_box, score_threshold=DEFAULT_MIN_SCORE, category="nucleus")
+    inst = ann.find_similar(ref_box, score_threshold=DEFAULT_MIN_SCORE,
+                            category=CATEGORIES["nuclei"])
     info = {"file_name": "nuclei.png", "height": image.shape[0], "width": image.shape[1]}
     write_coco(out / "nuclei.coco.json", [(info, inst)], overwrite=True)
     inst.to_geojson(out / "nuclei.geojson", overwrite=True)
@@ -226,9 +227,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def show_result(viewer: object, image: np.ndarray, inst: object) -> object:
     """Put the demo's image, its found instances and the Find similar widget (returned) in
     ``viewer``."""
+    from .napari._sample_data import CATEGORY
     from .napari.layers import instances_to_shapes
+    from .samples import CATEGORIES
 
-    viewer.add_image(image, name="nuclei")
+    viewer.add_image(image, name="nuclei", metadata={CATEGORY: CATEGORIES["nuclei"]})
     viewer.add_shapes(name="nuclei instances", **instances_to_shapes(inst))
     return viewer.window.add_plugin_dock_widget("napari-instanno", "Find similar")[1]
 

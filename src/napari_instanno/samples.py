@@ -8,6 +8,7 @@ from importlib.resources import as_file, files
 import numpy as np
 
 COINS_REF_BOX = (184.0, 103.0, 228.0, 146.0)  # one mid-sized coin
+CATEGORIES = {"nuclei": "nucleus", "coins": "coin"}  # what each sample's instances are called
 
 
 def nuclei_sample() -> tuple[np.ndarray, np.ndarray]:

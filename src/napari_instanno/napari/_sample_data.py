@@ -6,16 +6,18 @@ from typing import Any
 
 import numpy as np
 
-from ..samples import coins_sample, nuclei_sample
+from ..samples import CATEGORIES, coins_sample, nuclei_sample
 from .layers import box_to_rectangle
 
 REFERENCE = "reference"
+CATEGORY = "instanno_category"  # image layer metadata key: the name its instances get
 
 
 def _with_reference(image: np.ndarray, name: str, box: Any) -> list[tuple]:
     ref = {"name": REFERENCE, "shape_type": "rectangle", "edge_color": "cyan",
            "face_color": "transparent", "edge_width": 1.5}
-    return [(image, {"name": name}, "image"), ([box_to_rectangle(box)], ref, "shapes")]
+    meta = {"name": name, "metadata": {CATEGORY: CATEGORIES[name]}}
+    return [(image, meta, "image"), ([box_to_rectangle(box)], ref, "shapes")]
 
 
 def make_coins() -> list[tuple]:

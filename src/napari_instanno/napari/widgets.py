@@ -32,7 +32,7 @@ from ..image import check_box
 from ..inference.annotator import DEFAULT_MIN_SCORE
 from ..inference.policy import IN_MEMORY_PIXELS
 from ..instances import Instances
-from ._sample_data import REFERENCE
+from ._sample_data import CATEGORY, REFERENCE
 from .annotators import AnnotatorCache, model_choices
 from .files import ask_load_path, ask_save_path, format_for, read_annotations, save_instances
 from .jobs import JobRunner, shows_errors
@@ -126,6 +126,8 @@ class FindSimilarWidget(WidgetAPI, Container):
         return layer
 
     def _on_image(self, layer: Any) -> None:
+        if layer is not None and CATEGORY in layer.metadata:  # a sample, or the demo's image
+            self._category.value = str(layer.metadata[CATEGORY])
         if layer is not None and REFERENCE not in self._viewer.layers:
             self.draw_reference()
 
