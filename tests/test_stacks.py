@@ -264,3 +264,40 @@ def test_link_tracks_assigns_one_to_one():
     ids = link_tracks([0, 1, 1], [_square(0, 0), _square(1, 0), _square(0.5, 0)])
     assert len(set(ids[1:].tolist())) == 2  # two on one plane never share a track
     assert link_tracks([], []).tolist() == []
+
+
+# --- formats -------------------------------------------------------------------------------
+def test_coco_has_one_image_per_plane_and_reads_back_planes_and_tracks(ncc_run, tmp_path):
+    import json
+
+    from napari_instanno.io.coco import join_planes, plane_items, read_coco, write_coco
+
+    images = [{"file_name": "stack.tif", "height": 192, "width": 192}] * PLANES + [
+        {"file_name": "stack.tif", "height": 192, "width": 192}]  # a 13th plane, empty
+    path = write_coco(tmp_path / "s.json", plane_items(ncc_run, images))
+    data = json.loads(path.read_text())
+    assert [(im["id"], im["plane"], im["file_name"]) for im in data["images"]] == [
+        (k + 1, k, "stack.tif") for k in range(PLANES + 1)]
+    assert all("track_id" in a and "plane" not in a for a in data["annotations"])
+    back = join_planes(read_coco(path))
+    assert back.properties["plane"].dtype == np.int64 and back.properties["track_id"].dtype == np.int64
+    order = np.lexsort((ncc_run.scores, ncc_run.properties["plane"]))
+    again = np.lexsort((back.scores, back.properties["plane"]))
+    for key in ("plane", "track_id"):
+        assert (back.properties[key][again] == ncc_run.properties[key][order]).all()
+    assert [_box(g) for g in back.geometries[again]] == [_box(g) for g in ncc_run.geometries[order]]
+
+
+def test_geojson_features_carry_plane_and_track_and_read_back(ncc_run, tmp_path):
+    import json
+
+    from napari_instanno.io.geojson import read_geojson
+
+    path = ncc_run.to_geojson(tmp_path / "s.geojson")
+    props = [f["properties"] for f in json.loads(path.read_text())["features"]]
+    assert [(p["plane"], p["track_id"]) for p in props] == list(zip(
+        ncc_run.properties["plane"].tolist(), ncc_run.properties["track_id"].tolist()))
+    back = read_geojson(path)
+    for key in ("plane", "track_id"):
+        assert back.properties[key].dtype == np.int64
+        assert (back.properties[key] == ncc_run.properties[key]).all()

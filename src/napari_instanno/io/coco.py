@@ -6,7 +6,9 @@ holes, which COCO polygons cannot hold, as an RLE mask (the image's height and w
 plus an ``instanno_rings`` field with the exact rings (``[[exterior, hole, ...], ...]`` per part,
 each flat ``[x0, y0, x1, y1, ...]``), which our reader prefers. ``bbox`` and ``area`` come from the
 whole geometry. Review status, score and extra properties are extra annotation fields; rejected
-instances are left out unless ``include_rejected``.
+instances are left out unless ``include_rejected``. A stack's planes are images of their own
+(``plane_items``: one entry per plane, with its ``plane`` index and source file; each annotation
+keeps its ``track_id``); ``join_planes`` puts them back into one ``Instances``.
 
 The reader checks everything before it computes (types, finite coordinates within
 ``MAX_COORD``, polygons of at least 3 vertices, RLE strings well formed and the size of their
@@ -131,7 +133,8 @@ def write_coco(path: str | Path, items: list[tuple[dict, Instances]], overwrite:
         image_id = int(info.get("id", n))
         h, w = int(info.get("height", 0)), int(info.get("width", 0))
         images.append({"id": image_id, "file_name": str(info.get("file_name", f"image_{image_id}")),
-                       "height": h, "width": w})
+                       "height": h, "width": w,
+                       **({"plane": int(info["plane"])} if "plane" in info else {})})
         annotations += annotations_of(inst.exported(include_rejected), image_id,
                                       (h, w) if h > 0 and w > 0 else None,
                                       lambda name: categories.setdefault(name, len(categories) + 1),
@@ -143,6 +146,31 @@ def write_coco(path: str | Path, items: list[tuple[dict, Instances]], overwrite:
         "categories": [{"id": i, "name": n, "supercategory": n} for n, i in categories.items()],
     }
     return write_json_atomic(path, data, overwrite=overwrite)
+
+
+def plane_items(inst: Instances, images: list[dict] | None = None) -> list[tuple[dict, Instances]]:
+    """``write_coco``'s items for a stack's instances (``properties["plane"]``): one image per
+    plane, ``images[k]`` its info (file name, height, width; default ``plane_k``) with the plane
+    index added; the plane is said by the image, not repeated in its annotations."""
+    plane = np.asarray(inst.properties["plane"], dtype=np.int64)
+    count = len(images) if images is not None else int(plane.max()) + 1 if len(plane) else 0
+    items = []
+    for k in range(count):
+        part = inst[plane == k]
+        part.properties.pop("plane")
+        info = {"file_name": f"plane_{k}", **(images[k] if images is not None else {})}
+        items.append(({**info, "id": k + 1, "plane": k}, part))
+    return items
+
+
+def join_planes(items: list[tuple[dict, Instances]]) -> Instances:
+    """One ``Instances`` from ``read_coco``'s pairs of a stack: each image's ``plane`` (its index
+    in the file when it has none) becomes ``properties["plane"]``; ``track_id`` comes back too."""
+    parts = []
+    for k, (info, inst) in enumerate(items):
+        inst.properties["plane"] = np.full(len(inst), int(info.get("plane", k)), dtype=np.int64)
+        parts.append(inst)
+    return Instances.concat(parts)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -347,6 +375,8 @@ def _images(data: dict) -> list[dict]:
                 _int(img[key], f"image {img['id']}'s {key!r}", 0, MAX_SIDE)
         if "file_name" in img and not isinstance(img["file_name"], str):
             raise _Bad(f"image {img['id']}'s 'file_name' must be a string")
+        if "plane" in img:
+            _int(img["plane"], f"image {img['id']}'s 'plane'", 0)
     ids = [img["id"] for img in images]
     if len(set(ids)) != len(ids):
         raise _Bad("'images' has two images with the same 'id'")
