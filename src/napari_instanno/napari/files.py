@@ -45,22 +45,27 @@ def layer_instances(data: Any, shape_type: Any, features: Any, metadata: dict | 
 
 
 def save_instances(path: str | Path, inst: Instances, metadata: dict | None, name: str,
-                   fmt: str | None = None) -> Path:
+                   fmt: str | None = None, include_rejected: bool = False) -> Path:
     """Write ``inst`` as COCO JSON (one image, from the layer's ``IMAGE_INFO``) or GeoJSON
-    (map coordinates when the layer's ``GEOREF`` says so); atomic, replacing ``path``."""
+    (map coordinates when the layer's ``GEOREF`` says so); atomic, replacing ``path``. Rejected
+    instances are left out (``inst.num_rejected`` of them) unless ``include_rejected``."""
     from ..io.coco import write_coco
     from ..io.geojson import write_geojson
 
     meta = metadata or {}
     if format_for(path, fmt) == "geojson":
-        return write_geojson(path, inst, overwrite=True, **(meta.get(GEOREF) or {}))
+        return write_geojson(path, inst, overwrite=True, include_rejected=include_rejected,
+                             **(meta.get(GEOREF) or {}))
     info = {"file_name": name, **(meta.get(IMAGE_INFO) or {})}
-    return write_coco(path, [(info, inst)], overwrite=True)
+    return write_coco(path, [(info, inst)], overwrite=True, include_rejected=include_rejected)
 
 
-def read_annotations(path: str | Path, georef: dict | None = None) -> list[Instances]:
+def read_annotations(path: str | Path, georef: dict | None = None,
+                     default_category: str = "object") -> list[Instances]:
     """The instances of a COCO file (one entry per image) or a GeoJSON file; a GeoJSON with a
-    ``crs`` member is read in the map coordinates of ``georef``'s image when one is given."""
+    ``crs`` member is read in the map coordinates of ``georef``'s image (whose CRS it must
+    match), and refused without one. GeoJSON features without a classification get
+    ``default_category``."""
     from ..io.coco import read_coco
     from ..io.geojson import from_feature_collection
 
@@ -70,8 +75,9 @@ def read_annotations(path: str | Path, georef: dict | None = None) -> list[Insta
         raise InstannoError(f"{path} is not a COCO or GeoJSON file")
     if kind == "coco":
         return [inst for _, inst in read_coco(path)]
-    transform = georef["transform"] if georef is not None and "crs" in data else None
-    return [from_feature_collection(data, transform, source=str(path))]
+    geo = georef if georef is not None and "crs" in data else {}
+    return [from_feature_collection(data, geo.get("transform"), source=str(path), crs=geo.get("crs"),
+                                    default_category=default_category)]
 
 
 def ask_save_path(parent: Any, fmt: str) -> str:

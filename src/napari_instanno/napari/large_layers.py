@@ -23,11 +23,14 @@ import numpy as np
 from ..instances import Instances
 from .layers import (
     AREA_TYPES,
+    GROUP,
     OFFSET,
     ensure_features,
     instances_to_shapes,
     layer_to_instances,
+    shape_counts,
     status_colors,
+    style_rings,
 )
 from .proposals import polygon_boxes, replace_proposals
 
@@ -180,14 +183,15 @@ class LevelOfDetail:
         sub = self.full[idx]
         kw = instances_to_shapes(sub, edge_width=self.edge_width)
         feats = kw["features"]
-        feats[INDEX] = np.asarray(idx, dtype=np.int64)
+        feats[INDEX] = np.repeat(np.asarray(idx, dtype=np.int64), shape_counts(sub))  # per ring
         layer = self.shapes
-        layer.data = list(zip(kw["data"], ["polygon"] * len(sub), strict=True))
+        layer.data = list(zip(kw["data"], ["polygon"] * len(kw["data"]), strict=True))
         layer.features = feats
         ensure_features(layer, {"score": 1.0, "category": _default_category(self.full),
                                 "status": "accepted", INDEX: -1})  # hand-drawn: accepted
         if len(sub):
             layer.edge_color = kw["edge_color"]
+            style_rings(layer)
         self.shown = np.asarray(idx, dtype=np.int64)
 
     def _sync_back(self) -> None:
@@ -199,7 +203,8 @@ class LevelOfDetail:
         area = [i for i, t in enumerate(layer.shape_type)
                 if t in AREA_TYPES and len(layer.data[i]) >= 3]
         index = layer.features[INDEX].fillna(-1).to_numpy(np.int64)[area]
-        if np.array_equal(index, self.shown) and list(self.full.status[index]) == [
+        simple = GROUP not in layer.features  # rings: compared after merging, not shape by shape
+        if simple and np.array_equal(index, self.shown) and list(self.full.status[index]) == [
                 str(s) for s in edited.status] and all(
                 self.full.polygons[j].shape == edited.polygons[k].shape
                 and np.allclose(self.full.polygons[j], edited.polygons[k], atol=1e-6)

@@ -4,6 +4,14 @@ Coordinates: ``Instances`` polygons are (row, col) in the pixel-CORNER frame (pi
 [r, r+1)); napari puts pixel centres on integers, so napari = ours - 0.5. Stacks carry leading
 (plane) coordinates in napari; they are dropped on the way to ``Instances``.
 
+Holes and parts: an instance with holes or several parts is several polygon shapes, one per ring
+(each part's exterior, then its holes), sharing a ``group`` feature (the instance) and carrying a
+``role`` ("part" or "hole"). Holes are drawn filled in ``HOLE_FACE`` (a dark veil: the cut-out)
+with their instance's status colour; every ring stays an ordinary polygon to edit, delete or add.
+Shapes with no group (-1 or missing: drawn by hand, or from a layer without holes) are instances
+of their own. Layers whose instances are all simple polygons have no ``group`` / ``role`` columns.
+Reviewing one ring of an instance reviews the whole instance.
+
 Every edit here touches the layer in one call (setting data, features or colours for all shapes
 at once): per-shape updates are what makes Shapes layers slow past a few thousand shapes.
 """
@@ -15,8 +23,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from shapely.geometry import Polygon
 
-from ..geometry import ellipse_polygon, polygon_box
+from ..geometry import ellipse_polygon, make_geometry, parts_of, polygon_box, rings_of
 from ..instances import STATUSES, Instances
 from ..styles import STATUS_COLORS
 from .proposals import polygon_boxes, replace_proposals
@@ -26,6 +35,9 @@ HIDDEN = "instanno_hidden"  # layer.metadata key: shapes below the score thresho
 IMAGE_INFO = "instanno_image"  # layer.metadata key: COCO image info (file_name, height, width)
 GEOREF = "instanno_georef"  # layer.metadata key: {"transform", "crs"} of a georeferenced image
 AREA_TYPES = ("polygon", "rectangle", "ellipse")
+GROUP, ROLE = "group", "role"  # feature columns of layers holding holes or several parts
+RING_DEFAULTS = {GROUP: -1, ROLE: "part"}  # a shape drawn by hand: an instance of its own
+HOLE_FACE = (0.0, 0.0, 0.0, 0.4)
 
 
 def status_colors(status: Sequence[str]) -> np.ndarray:
@@ -42,12 +54,31 @@ def georef(metadata: dict) -> dict | None:
 
 
 def features_of(inst: Instances) -> pd.DataFrame:
-    """The per-shape features table: score, category, status."""
+    """The per-instance features table: score, category, status."""
     return pd.DataFrame({
         "score": np.asarray(inst.scores, dtype=float),
         "category": inst.category_names,
         "status": [str(s) for s in inst.status],
     })
+
+
+def _rings(inst: Instances) -> list[list[tuple[np.ndarray, str]]]:
+    """Per instance, its (ring, role) shapes: each part's exterior then its holes; a simple
+    instance is its polygon alone."""
+    out = []
+    for poly, geom in zip(inst.polygons, inst.geometries, strict=True):
+        parts = parts_of(geom)
+        if len(parts) <= 1 and not (parts and parts[0].interiors):
+            out.append([(poly, "part")])
+        else:
+            out.append([(r, "part" if k == 0 else "hole") for p in parts
+                        for k, r in enumerate(rings_of(p))])
+    return out
+
+
+def shape_counts(inst: Instances) -> np.ndarray:
+    """How many shapes each instance becomes in a Shapes layer (one per ring)."""
+    return np.array([len(r) for r in _rings(inst)], dtype=np.int64).reshape(-1)
 
 
 def to_napari(poly: np.ndarray, plane: Sequence[float] = ()) -> np.ndarray:
@@ -69,40 +100,90 @@ def rectangle_to_box(vertices: np.ndarray) -> np.ndarray:
     return polygon_box(np.asarray(vertices, dtype=np.float64)[:, -2:] + OFFSET)
 
 
-def instances_to_shapes(inst: Instances, plane: Sequence[float] = (), edge_width: float = 1.0
-                        ) -> dict[str, Any]:
-    """Keyword arguments for ``viewer.add_shapes`` / ``Shapes`` holding ``inst`` as polygons."""
-    return {
-        "data": [to_napari(p, plane) for p in inst.polygons],
+def instances_to_shapes(inst: Instances, plane: Sequence[float] = (), edge_width: float = 1.0,
+                        first_group: int = 0) -> dict[str, Any]:
+    """Keyword arguments for ``viewer.add_shapes`` / ``Shapes`` holding ``inst`` as polygons,
+    one per ring (see the module docstring); groups are numbered from ``first_group``."""
+    rings = _rings(inst)
+    counts = np.array([len(r) for r in rings], dtype=np.int64).reshape(-1)
+    owner = np.repeat(np.arange(len(inst)), counts)
+    roles = [role for r in rings for _, role in r]
+    feats = features_of(inst).iloc[owner].reset_index(drop=True)
+    out = {
+        "data": [to_napari(ring, plane) for r in rings for ring, _ in r],
         "shape_type": "polygon",
-        "features": features_of(inst),
-        "edge_color": status_colors(inst.status),
+        "features": feats,
+        "edge_color": status_colors(feats["status"]),
         "face_color": "transparent",
         "edge_width": edge_width,
     }
+    if len(owner) > len(inst):
+        feats[GROUP] = owner + first_group
+        feats[ROLE] = roles
+        out["face_color"] = _faces(roles)
+        out["feature_defaults"] = {**features_of(inst).iloc[:1].to_dict("records")[0], **RING_DEFAULTS}
+    return out
+
+
+def _faces(roles: Sequence[Any]) -> np.ndarray:
+    return np.array([HOLE_FACE if r == "hole" else (0.0, 0.0, 0.0, 0.0) for r in roles]).reshape(-1, 4)
+
+
+def _groups(feats: pd.DataFrame, keep: list[int]) -> list[list[int]]:
+    """The rows of ``keep`` grouped into instances, in order of their first shape."""
+    if GROUP not in feats:
+        return [[i] for i in keep]
+    group = pd.to_numeric(feats[GROUP], errors="coerce").fillna(-1).to_numpy()
+    out: dict[Any, list[int]] = {}
+    for i in keep:
+        out.setdefault(group[i] if group[i] >= 0 else ("own", i), []).append(i)
+    return list(out.values())
+
+
+def _geometry(rows: list[int], rings: dict[int, np.ndarray], roles: list[Any]) -> Any:
+    """One instance from its ring shapes: each hole goes to the part it overlaps most."""
+    parts = [i for i in rows if roles[i] != "hole"]
+    holes: dict[int, list] = {i: [] for i in parts}
+    shells = {i: Polygon(rings[i][:, ::-1]) for i in parts}
+    for h in (i for i in rows if roles[i] == "hole"):
+        hole = Polygon(rings[h][:, ::-1])
+        overlap = {i: shells[i].intersection(hole).area if shells[i].is_valid and hole.is_valid
+                   else float(shells[i].contains(hole.representative_point())) for i in parts}
+        best = max(overlap, key=overlap.get, default=None)
+        if best is not None and overlap[best] > 0:
+            holes[best].append(rings[h][:, ::-1])
+    return make_geometry([Polygon(rings[i][:, ::-1], holes[i]) for i in parts])
 
 
 def shapes_to_instances(data: Sequence[np.ndarray], shape_types: Sequence[str] | str,
                         features: pd.DataFrame | None = None) -> Instances:
     """``Instances`` from napari Shapes data; lines and paths (no area) are skipped.
 
-    Missing features default to score 1, category "object", status "proposed".
+    Shapes sharing a ``group`` are one instance (its parts and holes, see the module docstring);
+    it takes the features of its first shape. Missing features default to score 1, category
+    "object", status "proposed".
     """
     n = len(data)
     types = [shape_types] * n if isinstance(shape_types, str) else list(shape_types)
     feats = features if features is not None and len(features) == n else pd.DataFrame(index=range(n))
     keep = [i for i in range(n) if types[i] in AREA_TYPES and len(data[i]) >= 3]
-    polys = []
+    rings = {}
     for i in keep:
         p = np.asarray(data[i], dtype=np.float64)[:, -2:] + OFFSET
-        polys.append(ellipse_polygon(polygon_box(p), 32) if types[i] == "ellipse" else p)
-    names = _column(feats, "category", "object", keep)
+        rings[i] = ellipse_polygon(polygon_box(p), 32) if types[i] == "ellipse" else p
+    roles = _column(feats, ROLE, "part", list(range(n)))
+    groups = [g for g in _groups(feats, keep) if any(roles[i] != "hole" for i in g)]  # holes alone: none
+    first = [g[0] for g in groups]
+    simple = all(len(g) == 1 and roles[g[0]] != "hole" for g in groups)
+    names = _column(feats, "category", "object", first)
     cats = {k + 1: name for k, name in enumerate(dict.fromkeys(names))} or {1: "object"}
     ids = {name: k for k, name in cats.items()}
-    status = [s if s in STATUSES else "proposed" for s in _column(feats, "status", "proposed", keep)]
-    scores = pd.to_numeric(pd.Series(_column(feats, "score", 1.0, keep), dtype=object),
+    status = [s if s in STATUSES else "proposed" for s in _column(feats, "status", "proposed", first)]
+    scores = pd.to_numeric(pd.Series(_column(feats, "score", 1.0, first), dtype=object),
                            errors="coerce").fillna(1.0)
-    return Instances(polygons=polys, scores=scores.to_numpy(float), categories=cats,
+    shapes = ({"polygons": [rings[i] for i in first]} if simple else
+              {"geometries": [_geometry(g, rings, roles) for g in groups]})
+    return Instances(**shapes, scores=scores.to_numpy(float), categories=cats,
                      category_ids=np.array([ids[c] for c in names], dtype=np.int64),
                      status=np.array(status, dtype=object))
 
@@ -121,11 +202,21 @@ def _column(feats: pd.DataFrame, name: str, default: Any, rows: list[int]) -> li
 
 # --- whole-layer edits ----------------------------------------------------------------------
 def set_features(layer: Any, feats: pd.DataFrame) -> None:
-    """Set ``layer.features`` keeping its defaults (napari resets them to the first row)."""
+    """Set ``layer.features`` keeping its defaults (napari resets them to the first row); the
+    ring columns default to "an instance of its own" (``RING_DEFAULTS``)."""
     defaults = layer.feature_defaults
     layer.features = feats
-    if len(defaults.columns) and set(defaults.columns) <= set(feats.columns):
-        layer.feature_defaults = defaults.iloc[0].to_dict()
+    kept = defaults.iloc[0].to_dict() if len(defaults.columns) else {}
+    kept = {k: v for k, v in kept.items() if k in feats and k not in RING_DEFAULTS}
+    rings = {k: v for k, v in RING_DEFAULTS.items() if k in feats}
+    if kept or rings:
+        layer.feature_defaults = {**layer.feature_defaults.iloc[0].to_dict(), **kept, **rings}
+
+
+def style_rings(layer: Any) -> None:
+    """Draw the holes of ``layer`` veiled (``HOLE_FACE``), everything else unfilled, in one call."""
+    if ROLE in layer.features and len(layer.data):
+        layer.face_color = _faces(layer.features[ROLE].tolist())
 
 
 def ensure_features(layer: Any, defaults: dict[str, Any]) -> None:
@@ -138,7 +229,7 @@ def ensure_features(layer: Any, defaults: dict[str, Any]) -> None:
         elif not len(feats):
             feats[name] = feats[name].astype(dtype)
     layer.features = feats
-    layer.feature_defaults = defaults
+    layer.feature_defaults = {**defaults, **{k: v for k, v in RING_DEFAULTS.items() if k in feats}}
 
 
 def _set_all(layer: Any, data: list[np.ndarray], types: list[str], feats: pd.DataFrame) -> None:
@@ -148,6 +239,7 @@ def _set_all(layer: Any, data: list[np.ndarray], types: list[str], feats: pd.Dat
     set_features(layer, feats)
     if len(data):
         layer.edge_color = status_colors(feats["status"])
+        style_rings(layer)
     defaults = layer.feature_defaults
     if "status" in defaults:  # shapes drawn by hand get the colour of their default status
         layer.current_edge_color = status_colors(defaults["status"].tolist())[0]
@@ -211,6 +303,7 @@ def apply_threshold(layer: Any, threshold: float) -> int:
         layer.add([hd[i] for i in show], shape_type=[ht[i] for i in show],
                   edge_color=status_colors(hf["status"].iloc[show]))
     set_features(layer, pd.concat([kept, hf.iloc[show]], ignore_index=True))
+    style_rings(layer)
     return len(layer.data)
 
 
@@ -230,20 +323,26 @@ def add_instances(layer: Any, inst: Instances, plane: Sequence[float] = (), thre
         keep = np.flatnonzero(keep_old)
         data, types, feats = [data[i] for i in keep], [types[i] for i in keep], feats.iloc[keep]
         inst = inst[np.flatnonzero(keep_new)]
-    new = instances_to_shapes(inst, plane)
-    _store(layer, data + new["data"], types + ["polygon"] * len(inst),
+    used = pd.to_numeric(feats[GROUP], errors="coerce").max() if GROUP in feats and len(feats) else -1
+    new = instances_to_shapes(inst, plane, first_group=int(np.nan_to_num(used, nan=-1)) + 1)
+    _store(layer, data + new["data"], types + ["polygon"] * len(new["data"]),
            pd.concat([feats, new["features"]], ignore_index=True), threshold)
     return len(inst)
 
 
 def set_status(layer: Any, indices: Sequence[int], status: str) -> None:
-    """Set the review status of the shapes at ``indices`` and recolour them."""
+    """Set the review status of the shapes at ``indices`` (and of the other rings of their
+    instances) and recolour them."""
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
     idx = sorted(int(i) for i in indices)
     if not idx:
         return
     feats = layer.features
+    if GROUP in feats:
+        group = pd.to_numeric(feats[GROUP], errors="coerce").fillna(-1).to_numpy()
+        chosen = group[idx]
+        idx = sorted(set(idx) | set(np.flatnonzero(np.isin(group, chosen[chosen >= 0])).tolist()))
     feats.loc[idx, "status"] = status
     set_features(layer, feats)
     layer.edge_color = status_colors(feats["status"])
@@ -265,4 +364,5 @@ def replace_polygons(layer: Any, indices: Sequence[int], polygons: Sequence[np.n
     layer.add([to_napari(p, o[0, :-2]) for p, o in zip(polygons, old, strict=True)],
               shape_type="polygon", edge_color=status_colors(moved["status"]))
     set_features(layer, pd.concat([rest, moved], ignore_index=True))
+    style_rings(layer)
     return list(range(len(rest), len(rest) + len(idx)))
