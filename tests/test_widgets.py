@@ -194,6 +194,11 @@ def test_save_reopen_and_save_layers(setup, tmp_path):
     widget.reject_selected()
     widget._threshold.value = 0.5  # hidden shapes are not saved
     shown = layer_to_instances(layer)
+    assert shown.num_rejected == 1
+    export = widget.save(tmp_path / "export.json")  # an export leaves the rejected one out
+    assert len(COCO(str(export)).anns) == len(shown) - 1
+    assert "1 rejected left out" in widget._info.value
+    widget._keep_rejected.value = True  # a session file keeps them, to reopen with its review
     for name in ("session.json", "session.geojson"):
         path = widget.save(tmp_path / name)
         assert path is not None and path.is_file()
@@ -213,14 +218,14 @@ def test_save_reopen_and_save_layers(setup, tmp_path):
     saved = viewer.layers.save(str(tmp_path / "layers.json"), selected=True,
                                plugin="napari-instanno")
     assert saved == [str(tmp_path / "layers.json")]
-    coco = COCO(saved[0])
-    assert len(coco.anns) == len(layer.data) and coco.imgs[1]["file_name"].startswith("nuclei")
+    coco = COCO(saved[0])  # the writers export: the rejected shape is left out
+    assert len(coco.anns) == len(layer.data) - 1 and coco.imgs[1]["file_name"].startswith("nuclei")
     mask = coco.annToMask(coco.anns[1])
     assert mask.shape == (256, 256) and mask.sum() > 0
     saved = viewer.layers.save(str(tmp_path / "layers.geojson"), selected=True,
                                plugin="napari-instanno")
     assert len(layer_to_instances(viewer.open(saved[0], plugin="napari-instanno")[0])) == len(
-        layer.data)
+        layer.data) - 1
     # loading adds to the result layer instead of replacing it
     assert widget.load(tmp_path / "session.geojson") == len(shown)
 
@@ -450,7 +455,7 @@ def test_huge_run_is_shown_through_level_of_detail(make_napari_viewer, qtbot, tm
     widget._threshold.value = 0.0
 
     camera(viewer).center = (100, 100)  # away: the shown subset changes, the review is kept
-    path = widget.save(tmp_path / "all.json")
+    path = widget.save(tmp_path / "all.json", include_rejected=True)
     coco = json.loads(path.read_text())
     assert len(coco["annotations"]) == n  # nothing lost
     by_box = {tuple(np.round(a["bbox"], 3)): a["status"] for a in coco["annotations"]}
@@ -467,7 +472,7 @@ def test_huge_run_is_shown_through_level_of_detail(make_napari_viewer, qtbot, tm
     saved, = viewer.layers.save(str(tmp_path / "layers.json"), selected=True,
                                 plugin="napari-instanno")
     anns = json.loads(open(saved).read())["annotations"]
-    assert len(anns) == n and sum(a["status"] == "accepted" for a in anns) == n - 1
+    assert len(anns) == n - 1 and all(a["status"] == "accepted" for a in anns)  # rejected: out
 
     assert widget.run() is not None  # the same run again: every instance was reviewed, none twice
     _wait(qtbot, widget)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FloatSlider,
@@ -79,6 +80,9 @@ class FindSimilarWidget(WidgetAPI, Container):
         self._save_coco = PushButton(text="Save COCO")
         self._save_geojson = PushButton(text="Save GeoJSON")
         self._load = PushButton(text="Load")
+        self._keep_rejected = CheckBox(text="keep rejected", value=False,
+                                       tooltip="save rejected instances too (a session file that "
+                                               "reopens with its review state)")
         self._info = Label(value="Draw a box around one instance, then Find similar.")
 
         def row(*widgets: Any) -> Container:
@@ -89,7 +93,7 @@ class FindSimilarWidget(WidgetAPI, Container):
             row(self._draw, self._run, self._cancel), self._bar, self._threshold,
             row(self._accept, self._reject, self._accept_all),
             row(self._box2poly, self._refine),
-            row(self._save_coco, self._save_geojson, self._load), self._info,
+            row(self._save_coco, self._save_geojson, self._load), self._keep_rejected, self._info,
         ])
         self._jobs = JobRunner(self._bar, self._say, self._on_busy)
         self._annotators = AnnotatorCache()
@@ -268,13 +272,18 @@ class FindSimilarWidget(WidgetAPI, Container):
 
         return self._jobs.start("Refine", work, done)
 
-    def save(self, path: str | Path, fmt: str | None = None) -> Path:
-        """Save the result layer as COCO JSON or GeoJSON (atomic; see ``files``)."""
+    def save(self, path: str | Path, fmt: str | None = None, include_rejected: bool | None = None
+             ) -> Path:
+        """Save the result layer as COCO JSON or GeoJSON (atomic; see ``files``). Rejected
+        instances are left out unless ``include_rejected`` (default: the "keep rejected" box)."""
         results = self._target()
         inst = results.instances()
+        keep = self._keep_rejected.value if include_rejected is None else include_rejected
         out = save_instances(path, inst, results.layer.metadata, results.layer.name,
-                             format_for(path, fmt))
-        self._say(f"saved {len(inst)} shapes to {out.name}")
+                             format_for(path, fmt), include_rejected=keep)
+        left = 0 if keep else inst.num_rejected
+        note = f" ({left} rejected left out; tick \"keep rejected\" to save them)" if left else ""
+        self._say(f"saved {len(inst) - left} instances to {out.name}{note}")
         return out
 
     def load(self, path: str | Path) -> int:
@@ -284,7 +293,8 @@ class FindSimilarWidget(WidgetAPI, Container):
         """
         results = self._results()
         _, indices = displayed_plane(self._viewer, self.image_layer)
-        found = read_annotations(path, results.layer.metadata.get(GEOREF))
+        found = read_annotations(path, results.layer.metadata.get(GEOREF),
+                                 self._category.value or "object")
         added = sum(results.add(inst, indices, self._threshold.value) for inst in found)
         self._say(f"loaded {added} shapes from {Path(path).name}")
         return added
