@@ -60,3 +60,43 @@ def test_the_samples_and_the_demo_name_their_category_in_the_widget(make_napari_
     demo_widget = show_result(demo, image, inst)
     assert set(demo.layers["nuclei instances"].features["category"]) == {"nucleus"}
     assert demo_widget._category.value == "nucleus"
+
+
+@pytest.fixture
+def nuclei(make_napari_viewer, qtbot):
+    """A viewer with the nuclei sample (image + preset reference box) and the docked widget."""
+    from napari_instanno.napari.widgets import FindSimilarWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-instanno", "nuclei")
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    return viewer, widget, qtbot
+
+
+def _finish(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+
+
+def test_edge_colour_swatch_shows_the_shapes_colour(nuclei):
+    import numpy as np
+
+    from napari_instanno.styles import STATUS_COLORS
+
+    viewer, widget, qtbot = nuclei
+    widget.run()
+    _finish(qtbot, widget)
+    layer = viewer.layers["nuclei instances"]
+    swatch = viewer.window._qt_viewer.controls.widgets[layer]._edge_color_control.edge_color_edit
+    assert np.allclose(layer.edge_color, STATUS_COLORS["proposed"])
+    assert swatch.line_edit.text() == "yellow"  # was "lime" while every shape was yellow
+    layer.selected_data = {0}
+    widget.result_layer()  # every action binds the layer again: a selected shape keeps its colour
+    assert np.allclose(layer.edge_color[0], STATUS_COLORS["proposed"])
+    layer.selected_data = set()
+    layer.add_polygons([np.array([[5.0, 5.0], [5.0, 15.0], [15.0, 15.0]])])  # drawn by hand
+    assert layer.features["status"].iloc[-1] == "accepted"
+    assert np.allclose(layer.edge_color[-1], STATUS_COLORS["accepted"])
+    assert np.allclose(layer.edge_color[:-1], STATUS_COLORS["proposed"])
+    assert swatch.line_edit.text() == "yellow"
