@@ -105,6 +105,7 @@ def test_threshold_review_keys_and_categories(setup):
     assert widget._threshold.value == DEFAULT_MIN_SCORE                  # weak matches start hidden
     assert (layer.features["score"] >= DEFAULT_MIN_SCORE).all()
     widget._threshold.value = 0.0
+    _wait(qtbot, widget)  # the candidates below the first threshold are outlined in the background
     n = len(layer.data)
     scores = np.sort(layer.features["score"].to_numpy())
     widget._threshold.value = 0.7

@@ -4,7 +4,10 @@ plane reuses its features), and the background work of each action."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,56 +25,144 @@ def model_choices(kind: str) -> list[str]:
     return [n for n in names if n != "learned" or shipped_path(WEIGHTS[kind])]
 
 
+OUTLINE_STEP = 64  # stand-ins outlined between two progress reports (and cancel checks)
+
+
+def _build(names: tuple[str, str]) -> Any:
+    """A new Annotator for (matcher, outliner) ``names``; a failure is one ``InstannoError``."""
+    from ..inference.annotator import Annotator
+
+    try:
+        return Annotator(matcher=names[0], outliner=names[1])
+    except InstannoError:
+        raise
+    except Exception as err:
+        raise InstannoError(f"cannot set up matcher {names[0]!r} / outliner {names[1]!r}: "
+                            f"{err}") from err
+
+
+@dataclass
+class Pending:
+    """A run's candidates not outlined yet (``Annotator.find_similar(outline_threshold=)``),
+    outlined when the shown threshold goes below ``floor``; where they go (``results``, a
+    ``ResultLayer``, at plane ``indices``) and what outlines them (``names``, ``key``, ``plane``)."""
+
+    results: Any
+    indices: tuple
+    key: tuple
+    names: tuple[str, str]
+    plane: Any
+    category: str
+    inst: Instances
+    floor: float
+
+    def needs(self, threshold: float) -> bool:
+        """Whether candidates scoring >= ``threshold`` still wait for their outline."""
+        waiting = ~self.inst.properties["outlined"].astype(bool)
+        return threshold < self.floor and bool((self.inst.scores[waiting] >= threshold).any())
+
+    def advance(self, inst: Instances, threshold: float) -> Instances:
+        """Take ``inst`` (outlined down to ``threshold``); the instances new to the layer."""
+        new = inst[inst.properties["outlined"].astype(bool) & (inst.scores < self.floor)]
+        self.inst, self.floor = inst, min(self.floor, float(threshold))
+        return new
+
+
 class AnnotatorCache:
-    """One ``Annotator`` for the current (matcher, outliner) names and image plane."""
+    """One ``Annotator`` for the current (matcher, outliner) names and image plane.
+
+    ``preload`` builds it in a background thread (when the widget opens or the model choice
+    changes) so a first Run does not wait for the weights; the jobs use it one at a time.
+    """
 
     def __init__(self) -> None:
         self._annotator: Any = None
         self._names: tuple[str, str] | None = None
         self._image_key: tuple | None = None
+        self._loading: tuple[tuple[str, str], Future] | None = None
+        self._state = threading.Lock()  # guards the fields above (held briefly)
+        self._use = threading.Lock()  # held by the job using the Annotator
+
+    def preload(self, names: tuple[str, str]) -> None:
+        """Start building the Annotator for ``names`` in a background thread (if not done)."""
+        with self._state:
+            if self._names == names or (self._loading is not None and self._loading[0] == names):
+                return
+            future: Future = Future()
+            self._loading = (names, future)
+
+        def load() -> None:
+            try:
+                future.set_result(_build(names))
+            except BaseException as err:  # raised by the job that needs it
+                future.set_exception(err)
+
+        threading.Thread(target=load, name="instanno-model-load", daemon=True).start()
 
     def get(self, names: tuple[str, str], image_key: tuple, plane: Any) -> Any:
         """The Annotator for ``names``, with ``plane`` set if ``image_key`` changed (``plane``
         None: leave the image unset, e.g. for tiled runs). Call it from the worker thread."""
-        from ..inference.annotator import Annotator
-
-        if self._annotator is None or self._names != names:
-            try:
-                self._annotator = Annotator(matcher=names[0], outliner=names[1])
-            except InstannoError:
-                raise
-            except Exception as err:
-                raise InstannoError(f"cannot set up matcher {names[0]!r} / outliner "
-                                    f"{names[1]!r}: {err}") from err
-            self._names, self._image_key = names, None
+        with self._state:
+            loading, current = self._loading, self._names == names
+            if loading is not None and loading[0] == names:
+                self._loading = None
+        if not current:
+            ann = loading[1].result() if loading is not None and loading[0] == names \
+                else _build(names)
+            with self._state:
+                self._annotator, self._names, self._image_key = ann, names, None
         if image_key != self._image_key and plane is not None:
             self._annotator.set_image(np.asarray(plane))
             self._image_key = image_key
         return self._annotator
 
     def find_similar(self, names: tuple[str, str], image_key: tuple, plane: Any, box: np.ndarray,
-                     category: str, tiled: bool, report: Callable, cancelled: Callable
-                     ) -> Instances:
-        """Every instance similar to ``box`` in ``plane`` (through the tiler when ``tiled``)."""
+                     category: str, tiled: bool, report: Callable, cancelled: Callable,
+                     outline_threshold: float | None = None) -> Instances:
+        """Every instance similar to ``box`` in ``plane`` (through the tiler when ``tiled``);
+        on the whole image only those scoring >= ``outline_threshold`` are outlined now
+        (``Annotator.find_similar``), the others with ``outline_more``."""
         report(0, 2)
-        ann = self.get(names, image_key, None if tiled else plane)
-        if tiled:
-            from ..inference.tiling import find_similar_tiled
+        with self._use:
+            ann = self.get(names, image_key, None if tiled else plane)
+            if tiled:
+                from ..inference.tiling import find_similar_tiled
 
-            return find_similar_tiled(ann, plane, box, category=category, progress=report,
-                                      cancel=cancelled)
-        report(1, 2)
-        if cancelled():
-            return Instances()
-        inst = ann.find_similar(box, category=category)
+                return find_similar_tiled(ann, plane, box, category=category, progress=report,
+                                          cancel=cancelled)
+            report(1, 2)
+            if cancelled():
+                return Instances()
+            inst = ann.find_similar(box, category=category, outline_threshold=outline_threshold)
         report(2, 2)
+        return inst
+
+    def outline_more(self, names: tuple[str, str], image_key: tuple, plane: Any,
+                     inst: Instances, min_score: float, report: Callable, cancelled: Callable,
+                     step: int = OUTLINE_STEP) -> Instances:
+        """``inst`` (from ``find_similar``) with its stand-ins scoring >= ``min_score`` outlined
+        (``Annotator.outline``), best first, ``step`` at a time between progress reports and
+        cancel checks; on cancel, what is done so far."""
+        flag = inst.properties.get("outlined")
+        if flag is None:
+            return inst
+        todo = np.sort(inst.scores[~flag.astype(bool) & (inst.scores >= min_score)])[::-1]
+        with self._use:
+            ann = self.get(names, image_key, plane)
+            for k in range(0, len(todo), step):
+                report(k, len(todo))
+                if cancelled():
+                    break
+                inst = ann.outline(inst, min_score=float(todo[min(k + step, len(todo)) - 1]))
+        report(len(todo), len(todo))
         return inst
 
     def outline(self, names: tuple[str, str], image_key: tuple, plane: Any, boxes: np.ndarray,
                 report: Callable) -> list[np.ndarray]:
         """One polygon per box."""
         report(0, 1)
-        polys = self.get(names, image_key, plane).boxes_to_polygons(boxes)
+        with self._use:
+            polys = self.get(names, image_key, plane).boxes_to_polygons(boxes)
         report(1, 1)
         return polys
 
@@ -81,12 +172,13 @@ class AnnotatorCache:
         """The napari polygon vertices ``shapes`` refined, as corner-frame (row, col) polygons."""
         from .layers import OFFSET
 
-        ann = self.get(names, image_key, plane)
         out = []
-        for k, v in enumerate(shapes):
-            report(k, len(shapes))
-            if cancelled():
-                break
-            out.append(ann.refine(v[:, -2:] + OFFSET))
+        with self._use:
+            ann = self.get(names, image_key, plane)
+            for k, v in enumerate(shapes):
+                report(k, len(shapes))
+                if cancelled():
+                    break
+                out.append(ann.refine(v[:, -2:] + OFFSET))
         report(len(shapes), len(shapes))
         return out

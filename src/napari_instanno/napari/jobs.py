@@ -45,7 +45,10 @@ class JobRunner:
 
     ``bar`` (a magicgui ProgressBar) and napari's activity dock follow ``report(done, total)``;
     ``status(text)`` receives one line per state change; ``busy_changed(busy)`` lets the widget
-    enable or disable its buttons. A cancelled job's result is dropped.
+    enable or disable its buttons. A cancelled job's result is dropped. A ``background`` job
+    (work the user did not ask for, such as outlining the shapes below the shown score) leaves
+    the buttons enabled, and a new job cancels it instead of waiting for it. After ``close``
+    (the widget is gone) no callback touches the widget.
     """
 
     def __init__(self, bar: Any, status: Callable[[str], None],
@@ -55,38 +58,63 @@ class JobRunner:
         self._bar, self._status, self._busy_changed = bar, status, busy_changed
         self._worker: Any = None
         self._pbar: Any = None
+        self._background = self._returned = self._closed = False
         self._stop = threading.Event()
         self.result: Any = None  # the last finished job's result, and the error it ended with
         self.error: BaseException | None = None
 
     @property
     def busy(self) -> bool:
-        """Whether a job is running."""
+        """Whether a job (background ones included) is running."""
         return self._worker is not None
 
-    def start(self, what: str, work: Callable[..., Any], done: Callable[[Any], None]) -> Any:
-        """Start a job and return its worker; ``InstannoError`` if one is running."""
+    @property
+    def free(self) -> bool:
+        """Whether ``start`` would start a job now (none running, a background one, or one in
+        its ``done``)."""
+        return self._worker is None or self._background or self._returned
+
+    def start(self, what: str, work: Callable[..., Any], done: Callable[[Any], None],
+              background: bool = False) -> Any:
+        """Start a job and return its worker; ``InstannoError`` if a foreground job is running
+        (a background one is cancelled: its result is dropped). A job's ``done`` may start the
+        next one."""
+        if self._closed:
+            raise InstannoError("the widget is closed")
         if self._worker is not None:
-            raise InstannoError("still working on the last job; wait for it or press Cancel")
-        self._stop = threading.Event()
+            if not (self._background or self._returned):
+                raise InstannoError("still working on the last job; wait for it or press Cancel")
+            self._stop.set()  # a background job, or one that has returned (started from its done)
+            self._close_bar()
+            if not self._background and background:
+                self._busy_changed(False)
+        stop = self._stop = threading.Event()
         self.result, self.error = None, None
-        stop, emit = self._stop, self.signals.progress.emit
+        emit = self.signals.progress.emit
+
+        def report(n: int, total: int) -> None:
+            if not stop.is_set():
+                emit(n, total)
 
         def returned(result: Any) -> None:
             if not stop.is_set():
-                self.result = result
+                self.result, self._returned = result, True
                 done(result)
 
-        worker = create_worker(work, emit, stop.is_set, _start_thread=False, _connect={
-            "returned": returned,
-            "errored": lambda err: self._on_error(what, err),  # instead of re-raising
-            "finished": self._on_finished,
+        def errored(err: BaseException) -> None:
+            if worker is self._worker:  # a superseded job's error is no news
+                self._on_error(what, err)
+
+        worker = create_worker(work, report, stop.is_set, _start_thread=False, _connect={
+            "returned": returned, "errored": errored,  # errors shown instead of re-raised
+            "finished": lambda: self._on_finished(worker, stop),
         })
-        self._worker = worker
+        self._worker, self._background, self._returned = worker, background, False
         self._pbar = progress(total=0, desc=what)
         self._bar.value, self._bar.max = 0, 0
         self._status(f"{what}...")
-        self._busy_changed(True)
+        if not background:
+            self._busy_changed(True)
         worker.start()
         return worker
 
@@ -94,7 +122,20 @@ class JobRunner:
         """Stop the running job at its next step; its results are dropped."""
         self._stop.set()
 
+    def close(self) -> None:
+        """The widget is going away: cancel the job; from now on callbacks leave the widget alone."""
+        self._closed = True
+        self._stop.set()
+        self._close_bar()
+
+    def _close_bar(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+        self._pbar = None
+
     def _on_progress(self, done: int, total: int) -> None:
+        if self._closed:
+            return
         self._bar.max, self._bar.value = max(total, 1), min(done, max(total, 1))
         if self._pbar is not None:
             self._pbar.total = total
@@ -122,13 +163,18 @@ class JobRunner:
 
     def _on_error(self, what: str, err: Exception) -> None:
         self.error = err
-        self._status(f"{what} failed")
+        if not self._closed:
+            self._status(f"{what} failed")
         show_error(f"{what} failed: {error_message(err)}")
 
-    def _on_finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-        self._worker = self._pbar = None
-        self._busy_changed(False)
-        if self._stop.is_set():
+    def _on_finished(self, worker: Any, stop: threading.Event) -> None:
+        if worker is not self._worker:  # superseded: the job after it owns the widget now
+            return
+        self._close_bar()
+        self._worker = None
+        if self._closed:
+            return
+        if not self._background:
+            self._busy_changed(False)
+        if stop.is_set():
             self._status("cancelled; nothing changed")

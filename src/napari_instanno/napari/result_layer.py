@@ -30,11 +30,13 @@ from .layers import (
     apply_threshold,
     ensure_features,
     georef,
+    rectangle_to_box,
     replace_polygons,
     set_status,
     shapes_to_instances,
     status_colors,
 )
+from .proposals import polygon_boxes, replace_proposals
 
 LOD_ABOVE = 10_000  # runs finding more instances are shown through LevelOfDetail
 MIN_AREA = 1.0  # a refined polygon smaller than this (px^2) is a collapse: keep the user's one
@@ -129,6 +131,20 @@ class ResultLayer:
         if lod is not None:
             return lod.add(inst, replace_category=replace_category)
         return add_instances(self.layer, inst, plane, threshold, replace_category=replace_category)
+
+    def add_more(self, inst: Instances, plane: Sequence[float] = (), threshold: float = 0.0,
+                 category: str = "object") -> int:
+        """Add more proposals of the last run (outlined later): every earlier shape stays, and a
+        new one overlapping a reviewed shape of ``category`` is left out, as ``add`` does."""
+        if self.lod is None and self.layer in self.viewer.layers:
+            data, _, feats = all_shapes(self.layer)
+            if len(feats):
+                _, keep_new = replace_proposals(
+                    feats["category"], feats["status"],
+                    lambda idx: np.stack([rectangle_to_box(data[i]) for i in idx]),
+                    polygon_boxes(inst), category)
+                inst = inst[np.flatnonzero(keep_new)]
+        return self.add(inst, plane, threshold)
 
     def _to_level_of_detail(self, threshold: float) -> LevelOfDetail:
         layer = self.layer

@@ -27,6 +27,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Shapes
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
 
 from ..errors import InstannoError
 from ..image import check_box
@@ -34,7 +35,7 @@ from ..inference.annotator import DEFAULT_MIN_SCORE
 from ..inference.policy import IN_MEMORY_PIXELS
 from ..instances import Instances
 from ._sample_data import CATEGORY, REFERENCE
-from .annotators import AnnotatorCache, model_choices
+from .annotators import AnnotatorCache, Pending, model_choices
 from .files import ask_load_path, ask_save_path, format_for, read_annotations, save_instances
 from .jobs import JobRunner, shows_errors
 from .layers import GEOREF, rectangle_to_box
@@ -97,6 +98,11 @@ class FindSimilarWidget(WidgetAPI, Container):
         ])
         self._jobs = JobRunner(self._bar, self._say, self._on_busy)
         self._annotators = AnnotatorCache()
+        self._pending: Pending | None = None  # the last run's candidates not outlined yet
+        self._matcher.changed.connect(self._preload)
+        self._outliner.changed.connect(self._preload)
+        self.native.destroyed.connect(lambda *_: self._jobs.close())
+        QTimer.singleShot(0, self._preload)  # the models load while the user draws a reference
 
         # buttons and keys show an InstannoError as a notification; called from code, it is raised
         for button, action in [
@@ -118,6 +124,9 @@ class FindSimilarWidget(WidgetAPI, Container):
 
     def _say(self, text: str) -> None:
         self._info.value = text
+
+    def _preload(self, *_: Any) -> None:
+        self._annotators.preload((self._matcher.value, self._outliner.value))
 
     def _on_busy(self, busy: bool) -> None:
         self._run.enabled, self._cancel.enabled = not busy, busy
@@ -186,23 +195,54 @@ class FindSimilarWidget(WidgetAPI, Container):
         results = self._results()
         category = self._category_name()
         tiled = runs_tiled(self.image_layer, plane)
+        shown = float(self._threshold.value)  # outlined first; the rest when the slider goes down
 
         def work(report: Callable, cancelled: Callable) -> Instances:
             return self._annotators.find_similar(names, key, plane, box, category, tiled, report,
-                                                 cancelled)
+                                                 cancelled, outline_threshold=shown)
 
         def done(inst: Instances) -> None:
-            n = results.add(inst, indices, self._threshold.value, replace_category=category)
-            self._say(f"{n} '{category}' instances found; {results.shown()} shown")
+            flag = inst.properties.get("outlined")
+            later = np.zeros(len(inst), bool) if flag is None else ~flag.astype(bool)
+            n = results.add(inst[~later], indices, self._threshold.value, replace_category=category)
+            self._pending = Pending(results, indices, key, names, plane, category, inst,
+                                    shown) if later.any() else None
+            self._say(f"{n + int(later.sum())} '{category}' instances found; {results.shown()} "
+                      "shown")
             self._viewer.layers.selection.active = results.layer
             results.layer.mode = "select"
+            self._outline_more(float(self._threshold.value))  # the slider moved meanwhile
 
         return self._jobs.start("Find similar", work, done)
 
     @shows_errors
     def _on_threshold(self, value: float) -> None:
-        shown = self._target().set_threshold(float(value))
+        target = self._target()
+        shown = target.set_threshold(float(value))
         self._say(f"{shown} shapes with score >= {value:.2f} shown")
+        if self._pending is not None and self._pending.results.layer is target.layer:
+            self._outline_more(float(value))
+
+    def _outline_more(self, threshold: float) -> Any:
+        """Outline in the background the last run's candidates scoring >= ``threshold`` that
+        wait for their outline; returns the worker (None when there is nothing to do, or a job
+        the user started is running: its end will ask again)."""
+        pending = self._pending
+        if pending is None or not pending.needs(threshold) or not self._jobs.free:
+            return None
+
+        def work(report: Callable, cancelled: Callable) -> Instances:
+            return self._annotators.outline_more(pending.names, pending.key, pending.plane,
+                                                 pending.inst, threshold, report, cancelled)
+
+        def done(inst: Instances) -> None:
+            if self._pending is not pending:  # a newer run replaced these candidates
+                return
+            n = pending.results.add_more(pending.advance(inst, threshold), pending.indices,
+                                         self._threshold.value, pending.category)
+            self._say(f"{n} more outlined; {pending.results.shown()} shown")
+
+        return self._jobs.start("Outlining", work, done, background=True)
 
     def _review(self, status: str, everything: bool = False) -> None:
         results = self._target()
