@@ -118,7 +118,7 @@ def _run_distributed(fn: Callable, job: Any, items: list[Any], client: Any,
     job_future = client.scatter(job, broadcast=True, hash=False)
     in_flight = 2 * max(1, sum(client.nthreads().values()))
     todo = iter(items)
-    done = as_completed()
+    done = as_completed(loop=client.loop)  # this client's, not a default one (there may be none)
     for _, it in zip(range(in_flight), todo, strict=False):
         done.add(client.submit(fn, job_future, it, pure=False))
     stopped = False
