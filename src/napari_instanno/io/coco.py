@@ -216,7 +216,7 @@ def _parts(parts: list[Polygon]) -> Geometry:
     return geom
 
 
-def rle_counts(counts: str, what: str) -> list[int]:
+def _rle_counts(counts: str, what: str) -> list[int]:
     """The run lengths of a compressed COCO RLE string, checked as pycocotools would not."""
     out: list[int] = []
     p, n = 0, len(counts)
@@ -273,7 +273,7 @@ def _check_rle(seg: dict, image_size: tuple[int, int] | None) -> tuple[int, int]
     if h * w > MAX_RLE_PIXELS:
         raise _Bad(f"RLE mask of {h} x {w} is too large to decode (limit {MAX_RLE_PIXELS} pixels)")
     if isinstance(counts, str):
-        runs = rle_counts(counts, "RLE 'counts'")
+        runs = _rle_counts(counts, "RLE 'counts'")
     elif isinstance(counts, list):
         runs = [_int(v, "RLE 'counts'", 0, (1 << 32) - 1) for v in counts]
     else:
@@ -429,8 +429,6 @@ def parse_coco(data: Any, source: str = "COCO file") -> tuple[list[dict], dict[i
             anns.append(_annotation(ann, (h, w) if h > 0 and w > 0 else None))
         except _Bad as err:
             raise InstannoError(f"{source}: {name} {err}") from None
-        except InstannoError:
-            raise
         except (ValueError, TypeError, shapely.errors.GEOSException) as err:  # shapely on odd rings
             raise InstannoError(f"{source}: {name} has a malformed geometry ({err})") from None
     return images, categories, anns
