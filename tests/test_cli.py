@@ -214,9 +214,16 @@ BAD_PREDICT = {
     "image missing": ({"image": "{tmp}/nope.png"}, "does not exist; check the path"),
     "zero-byte png": ({"image": "{empty}"}, "is empty (0 bytes)"),
     "text png": ({"image": "{text}"}, "is not an image"),
-    "3D TIFF stack": ({"image": "{tif}"}, "3D / time stack"),
-    "zarr stack": ({"image": "{zarr}"}, "3D / time stack"),
-    "OME-Zarr z stack": ({"image": "{ome}"}, "has shape (12, 64, 64, 1): a 3D / time stack"),
+    # stacks run every plane (cli_stacks); their bad input is refused from the headers too
+    "3D TIFF stack, plane out of range": ({"image": "{tif}", "extra": ["--ref-plane", "40"]},
+                                          "--ref-plane 40 is out of range: {tif} has 40 planes"),
+    "zarr stack, wrong axes": ({"image": "{zarr}", "extra": ["--axes", "TZYX"]},
+                               "axes 'TZYX' do not fit the stack of shape (40, 64, 64)"),
+    "OME-Zarr z stack, box outside": ({"image": "{ome}", "box": ["900", "900", "5", "5"]},
+                                      "outside the 64x64 image"),
+    "stack with --tile-size": ({"image": "{tif}", "extra": ["--tile-size", "256"]},
+                               "stacks and series run each plane whole"),
+    "series matching nothing": ({"image": "{tmp}/none/*.png"}, "matches no image files"),
 }
 
 

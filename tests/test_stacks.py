@@ -301,3 +301,90 @@ def test_geojson_features_carry_plane_and_track_and_read_back(ncc_run, tmp_path)
     for key in ("plane", "track_id"):
         assert back.properties[key].dtype == np.int64
         assert (back.properties[key] == ncc_run.properties[key]).all()
+
+
+# --- command line --------------------------------------------------------------------------
+FAST = ["--matcher", "ncc", "--outliner", "otsu", "--device", "cpu", "--score-threshold", "0.5"]
+
+
+def _xywh(box: np.ndarray) -> list[str]:
+    return [str(v) for v in (box[0], box[1], box[2] - box[0], box[3] - box[1])]
+
+
+def test_cli_stack_tiff_with_axes_writes_one_coco_image_per_plane(tmp_path, capsys):
+    import json
+
+    import tifffile
+
+    from napari_instanno.cli import main
+
+    tifffile.imwrite(tmp_path / "t.tif", STACK[:5].transpose(1, 2, 0))  # (Y, X, T): needs --axes
+    out = tmp_path / "o.json"
+    assert main(["predict", str(tmp_path / "t.tif"), "--axes", "YXT", "--ref-plane", "1",
+                 "--ref-box", *_xywh(reference_box(DISCS[0])), "--out", str(out), *FAST]) == 0
+    captured = capsys.readouterr()
+    assert "5/5" in captured.err and "plane/s" in captured.err  # the progress bar, with its rate
+    assert "in 20 track(s) on 5 of 5 planes" in captured.out
+    data = json.loads(out.read_text())
+    assert [(im["plane"], im["file_name"], im["height"]) for im in data["images"]] == [
+        (k, "t.tif", 192) for k in range(5)]
+    assert {a["track_id"] for a in data["annotations"]} == set(range(20))
+
+
+def test_cli_ctrl_c_writes_the_finished_planes_and_the_checkpoint_resumes(tmp_path, monkeypatch,
+                                                                          capsys):
+    import tifffile
+
+    from napari_instanno.cli import main
+    from napari_instanno.inference import baselines
+    from napari_instanno.io.geojson import read_geojson
+
+    tifffile.imwrite(tmp_path / "t.tif", STACK[:6])
+    calls = []
+    real = baselines.NCCMatcher.set_image
+
+    def interrupted(self, rgb):
+        calls.append(1)
+        if len(calls) == 4 and not out.exists():  # Ctrl-C on the first run's fourth plane
+            raise KeyboardInterrupt
+        real(self, rgb)
+
+    monkeypatch.setattr(baselines.NCCMatcher, "set_image", interrupted)
+    out = tmp_path / "o.geojson"
+    argv = ["predict", str(tmp_path / "t.tif"), "--ref-box", *_xywh(REF), "--out", str(out),
+            "--checkpoint", str(tmp_path / "ck"), *FAST]
+    assert main(argv) == 130
+    assert "interrupted: 3 of 6 planes done; finished planes are kept in" in capsys.readouterr().err
+    assert sorted(set(read_geojson(out).properties["plane"].tolist())) == [0, 1, 2]
+    calls.clear()
+    assert main([*argv, "--overwrite"]) == 0
+    assert len(calls) == 1 + 3  # the reference plane, then the three missing ones
+    assert sorted(set(read_geojson(out).properties["plane"].tolist())) == list(range(6))
+
+
+def test_cli_series_skips_unreadable_files_with_one_warning(tmp_path, capsys):
+    from napari_instanno.cli import main
+
+    folder = _series(tmp_path / "frames", STACK[:4])
+    (folder / "t2.png").write_text("not an image")
+    out = tmp_path / "o.json"
+    assert main(["predict", f"{folder}/*.png", "--ref-image", str(folder / "t0.png"),
+                 "--ref-box", *_xywh(REF), "--out", str(out), *FAST]) == 0
+    captured = capsys.readouterr()
+    warned = [ln for ln in captured.err.splitlines() if "warning" in ln]
+    assert len(warned) == 1 and "skipped 1 plane(s) that could not be read: t2.png" in warned[0]
+    assert "on 3 of 4 planes" in captured.out
+
+
+def test_cli_4d_stack_without_axes_is_one_line(tmp_path, capsys):
+    import tifffile
+
+    from napari_instanno.cli import main
+
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((3, 2, 64, 64), np.uint8))
+    argv = ["predict", str(tmp_path / "t.tif"), "--ref-box", "5", "5", "10", "10", "--out",
+            str(tmp_path / "o.json"), *FAST]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 4 dimensions (3, 2, 64, 64): say which axis is which" in err[0]
+    assert main([*argv, "--axes", "TCYX"]) == 0  # two channels, three time points

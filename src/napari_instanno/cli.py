@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cli_checks
+from . import cli_checks, cli_stacks
 from .errors import InstannoError
 from .inference.annotator import DEFAULT_MIN_SCORE
 from .inference.policy import IN_MEMORY_PIXELS, fits_in_memory
@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     tiles.add_argument("--checkpoint", default=None,
                        help="folder keeping finished tiles; rerun with it to resume")
     tiles.add_argument("--table", default=None, help="also stream every instance to this parquet file")
+    st = pr.add_argument_group("stacks and series (every plane; IMAGE: a 3D / time TIFF or zarr, "
+                               "or a quoted folder or glob of images, e.g. 'frames/*.png')")
+    st.add_argument("--ref-plane", type=int, default=None, metavar="K",
+                    help="the plane --ref-box is drawn on (default 0); --checkpoint resumes")
+    st.add_argument("--axes", default=None, help="the stack's axes, e.g. TYX, ZYXC, TCYX (default: "
+                    "from the file's metadata, else the first axis is the plane axis)")
+    st.add_argument("--ref-image", default=None, metavar="IMG",
+                    help="a series' reference image, when it is not the series' first one")
 
     ev = sub.add_parser("evaluate", help="benchmark on a COCO folder")
     ev.add_argument("dataset", help="folder with annotations.json and images/")
@@ -90,11 +98,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
 
 
-def tqdm_progress(desc: str = "tiles") -> Callable[[int, int], None]:
+def tqdm_progress(desc: str = "tiles", unit: str = "tile") -> Callable[[int, int], None]:
     """A ``progress(done, total)`` callback drawing a tqdm bar with ETA (``.close()`` it after)."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit="tile")
+    bar = tqdm(total=0, desc=desc, unit=unit)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
@@ -127,6 +135,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .instances import Instances
     from .io.images import open_image
 
+    if cli_stacks.is_stack_run(a):
+        return cli_stacks.predict_stack(a, lambda: tqdm_progress("planes", "plane"))
     shape, box, negatives = cli_checks.check_predict(a)
     fmt = a.format or ("geojson" if a.out.lower().endswith((".geojson", ".geo.json")) else "coco")
     opened = open_image(a.image, level=a.level)
