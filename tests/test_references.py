@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_instanno import Annotator, InstannoError
-from napari_instanno.inference.references import check_references, pool
+from napari_instanno.inference.references import NEGATIVE_MARGIN, check_references, pool
 from napari_instanno.inference.tiling import find_similar_tiled
 
 KINDS = ("disc", "ring", "square")
@@ -86,9 +86,11 @@ def test_tiled_runs_take_the_same_references(shapes):
 def test_pool_keeps_the_best_score_per_place_and_drops_what_a_negative_scores_higher():
     a = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [100, 0, 110, 10.0]])
     b = np.array([[1, 0, 11, 10], [200, 0, 210, 10.0]])
-    boxes, scores = pool([(a, [0.5, 0.9, 0.6]), (b, [0.8, 0.4])],
-                         [(np.array([[100, 1, 110, 11], [50, 50, 60, 60.0]]), [0.7, 0.2])])
-    # (0, 0) twice -> its best 0.8; (100, 0) a negative scores higher -> dropped; (50, 50) kept
+    neg = np.array([[100, 1, 110, 11], [50, 50, 60, 60.0], [200, 0, 210, 10]])
+    boxes, scores = pool([(a, [0.5, 0.9, 0.6]), (b, [0.8, 0.4])], [(neg, [0.7 + NEGATIVE_MARGIN,
+                                                                        0.2, 0.5])])
+    # (0, 0) twice -> its best 0.8; (100, 0): a negative scores it higher by more than the margin
+    # -> dropped; (50, 50) kept; (200, 0): the negative is higher, but within the margin -> kept
     np.testing.assert_allclose(scores, [0.9, 0.8, 0.4])
     np.testing.assert_allclose(boxes[1], b[0])
 

@@ -23,6 +23,10 @@ from ..image import check_box
 
 SAME_PLACE = 0.5  # box IoU above which two detections are the same object
 CONFLICT_IOU = 0.5  # a negative this close to a positive is the same object: a contradiction
+# a negative must out-score the positives by this much to drop a candidate: the learned matcher
+# scores a rejected near-miss (a box half on a nucleus) about as high as the positives on every
+# nucleus, and without a margin such a negative drops true matches at random
+NEGATIVE_MARGIN = 0.2
 MAX_SIZE_RATIO = 6.0  # the largest positive's side over the smallest's (geometric mean sides)
 
 
@@ -139,7 +143,7 @@ def pool(positive: Sequence[tuple[np.ndarray, np.ndarray]],
         if len(nb):
             iou = box_iou(boxes, nb)
             against = np.where(iou >= SAME_PLACE, ns[None, :], 0.0).max(1)
-            ok = against <= scores
+            ok = against <= scores + NEGATIVE_MARGIN
             boxes, scores = boxes[ok], scores[ok]
     order = np.argsort(-scores, kind="stable")
     return boxes[order], scores[order]
