@@ -12,11 +12,12 @@ from ..errors import InstannoError
 from ..geometry import ellipse_polygon, polygon_box
 from ..image import check_box, clip_boxes, to_rgb01
 from ..instances import Instances
+from .adapt import ADAPT_BY_DEFAULT, find_adapted
 from .components import Matcher, Outliner
 from .duplicates import duplicates_suppressed
 from .guard import label_method
 from .policy import tiling_plan
-from .references import check_references, embed_references, find_references, not_negative, representative
+from .references import check_references, embed_references, not_negative, representative
 
 # name -> "module:Class"; learned models register here and are the default when their weights ship.
 MATCHERS = {
@@ -83,6 +84,7 @@ class Annotator:
         self.image_shape: tuple[int, int] | None = None
         self._rgb: np.ndarray | None = None
         self._ready: set[str] = set()
+        self.last_adaptation: dict[str, float] = {}  # the latest find_similar's (adapt.adapted)
 
     def set_image(self, image: Any, value_range: Any = None) -> Annotator:
         """Use ``image`` (numpy, dask or zarr; (H, W) or (H, W, C)) for the next prompts.
@@ -111,8 +113,8 @@ class Annotator:
         return comp
 
     def find_similar(self, refs: Any, negatives: Any = None, score_threshold: float = 0.0,
-                     category: str = "object", outline_threshold: float | None = None
-                     ) -> Instances:
+                     category: str = "object", outline_threshold: float | None = None,
+                     adapt: bool | None = None) -> Instances:
         """Every instance like the ones in ``refs`` and unlike ``negatives``, outlined, best first.
 
         ``refs``: one (x0, y0, x1, y1) box or a sequence of them (positives of one kind);
@@ -121,6 +123,8 @@ class Annotator:
         says so (large images, or small references the matcher upscales), the image goes
         through it in tiles: same result, bounded memory.
 
+        ``adapt``: with two positives or a negative, tune the learned matcher's head on them for
+        a few seconds first (``adapt``; None: ``adapt.ADAPT_BY_DEFAULT``; whole-image runs only).
         ``outline_threshold``: outline now only the candidates scoring at least this (what a
         viewer shows first); the others get their box's ellipse as a stand-in polygon and
         ``properties["outlined"]`` False, for ``outline`` to finish later with the same result
@@ -140,7 +144,8 @@ class Annotator:
                                       value_range=((0.0,) * 3, (1.0,) * 3))
         matcher = self._component("matcher")
         reference = embed_references(matcher, pos, neg)
-        boxes, scores = find_references(matcher, reference)
+        boxes, scores, self.last_adaptation = find_adapted(
+            matcher, reference, ADAPT_BY_DEFAULT if adapt is None else adapt)
         keep = (scores >= score_threshold) & not_negative(boxes, neg)
         h, w = self.image_shape
         boxes, scores = clip_boxes(boxes[keep], (0, 0, w, h)), scores[keep]

@@ -1,0 +1,57 @@
+"""Head adaptation on the user's positives and negatives (``inference.adapt``), on the shipped
+matcher and the nuclei sample: it changes the result, stays within its time cap, touches only
+the head, and puts the shipped weights back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_instanno import Annotator
+from napari_instanno.inference.adapt import SECONDS, adapted, find_adapted
+from napari_instanno.inference.references import embed_references
+from napari_instanno.samples import nuclei_sample
+
+
+@pytest.fixture(scope="module")
+def nuclei():
+    image, ref = nuclei_sample()
+    ann = Annotator(matcher="learned", outliner="ellipse", device="cpu").set_image(image)
+    first = ann.find_similar(ref, score_threshold=0.3)
+    return ann, ref, first
+
+
+def test_adaptation_tunes_the_head_only_and_restores_the_weights(nuclei):
+    ann, ref, first = nuclei
+    matcher = ann._component("matcher")
+    model = matcher.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    refs = embed_references(matcher, np.stack([ref, first.boxes[-1]]), np.zeros((0, 4)))
+    with adapted(matcher, refs) as report:
+        changed = {k for k, v in model.state_dict().items() if not np.array_equal(v, before[k])}
+    assert report["steps"] >= 1 and report["seconds"] <= SECONDS + 1.0
+    assert changed and all(k.startswith(("attn.", "head.")) for k in changed)
+    assert all(np.array_equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_the_adapt_switch(nuclei):
+    ann, ref, first = nuclei
+    two = [ref, first.boxes[len(first) // 2]]
+    plain = ann.find_similar(two, score_threshold=0.3, adapt=False)
+    assert ann.last_adaptation == {}
+    tuned = ann.find_similar(two, score_threshold=0.3, adapt=True)
+    assert ann.last_adaptation["steps"] >= 1
+    assert len(plain) != len(tuned) or not np.allclose(plain.scores, tuned.scores)
+    again = ann.find_similar(two, score_threshold=0.3, adapt=False)  # from the shipped weights
+    np.testing.assert_allclose(again.scores, plain.scores)
+    one = ann.find_similar(ref, score_threshold=0.3, adapt=True)  # nothing to adapt on
+    assert ann.last_adaptation == {} and len(one) == len(first)
+
+
+def test_ncc_has_nothing_to_adapt():
+    image, ref = nuclei_sample()
+    ann = Annotator(matcher="ncc", outliner="ellipse", device="cpu").set_image(image)
+    matcher = ann._component("matcher")
+    refs = embed_references(matcher, np.stack([ref, ref + 40]), np.zeros((0, 4)))
+    *_, report = find_adapted(matcher, refs)
+    assert report == {}
