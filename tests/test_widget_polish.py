@@ -47,6 +47,7 @@ def test_the_samples_and_the_demo_name_their_category_in_the_widget(make_napari_
     viewer = make_napari_viewer()
     viewer.open_sample("napari-instanno", "nuclei")
     widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
     assert widget._category.value == "nucleus"
     viewer.open_sample("napari-instanno", "coins")
     widget.reset_choices()

@@ -47,6 +47,28 @@ def status_colors(status: Sequence[str]) -> np.ndarray:
     return table[[index.get(str(s), 0) for s in status]].reshape(-1, 4)
 
 
+def show_swatch(layer: Any) -> None:
+    """Set the layer's current edge colour, the swatch of its layer controls, to that of its most
+    common status (of "accepted", what a shape drawn by hand gets, when it is empty), without
+    recolouring the selected shapes."""
+    status = layer.features["status"] if "status" in layer.features else ()
+    common = str(status.mode().iloc[0]) if len(status) else "accepted"
+    with layer.block_update_properties():
+        layer.current_edge_color = STATUS_COLORS.get(common, STATUS_COLORS["proposed"])
+
+
+def keep_status_colours(event: Any) -> None:
+    """``layer.events.data`` callback: shapes just added (drawn by hand: whatever the swatch
+    shows) get their status's colour."""
+    layer = event.source
+    if event.action != "added" or "status" not in layer.features:
+        return
+    want = status_colors(layer.features["status"])
+    if len(want) == len(layer.data) and not np.allclose(layer.edge_color, want):
+        layer.edge_color = want
+    show_swatch(layer)
+
+
 def georef(metadata: dict) -> dict | None:
     """{"transform", "crs"} from an image layer's metadata (our GeoTIFF reader), else None."""
     transform, crs = metadata.get("transform"), metadata.get("crs")
@@ -240,9 +262,7 @@ def _set_all(layer: Any, data: list[np.ndarray], types: list[str], feats: pd.Dat
     if len(data):
         layer.edge_color = status_colors(feats["status"])
         style_rings(layer)
-    defaults = layer.feature_defaults
-    if "status" in defaults:  # shapes drawn by hand get the colour of their default status
-        layer.current_edge_color = status_colors(defaults["status"].tolist())[0]
+    show_swatch(layer)
 
 
 def _hidden(layer: Any) -> tuple[list[np.ndarray], list[str], pd.DataFrame]:

@@ -18,7 +18,6 @@ import numpy as np
 from ..errors import InstannoError
 from ..geometry import polygon_area
 from ..instances import Instances
-from ..styles import STATUS_COLORS
 from .files import layer_instances
 from .large_layers import INDEX, LOD_KEY, LevelOfDetail
 from .layers import (
@@ -30,11 +29,12 @@ from .layers import (
     apply_threshold,
     ensure_features,
     georef,
+    keep_status_colours,
     rectangle_to_box,
     replace_polygons,
     set_status,
     shapes_to_instances,
-    status_colors,
+    show_swatch,
 )
 from .proposals import polygon_boxes, replace_proposals
 
@@ -64,36 +64,16 @@ def result_shapes(viewer: Any, image_layer: Any, plane_shape: tuple[int, ...]) -
 
 def bind_review(layer: Any, keys: dict[str, Callable[[], Any]], category: str) -> None:
     """Bind review ``keys`` on ``layer``; shapes drawn by hand there get ``category``, score 1,
-    status accepted. Every shape added keeps its status's colour, and the edge-colour swatch of
-    the layer controls shows the colour most of its shapes have (``_status_coloured``)."""
+    status accepted; every shape added takes its status's colour (``layers.keep_status_colours``)
+    and the edge-colour swatch shows that of most shapes (``layers.show_swatch``)."""
     for key, action in keys.items():
         layer.bind_key(key, lambda _, act=action: act(), overwrite=True)
     defaults = {"score": 1.0, "category": category, "status": "accepted"}
     if LOD_KEY in layer.metadata:
         defaults[INDEX] = -1  # a hand-drawn shape, new to the full set
     ensure_features(layer, defaults)
-    layer.events.data.connect(_status_coloured)  # the same callback is connected only once
-    _show_swatch(layer)
-
-
-def _status_coloured(event: Any) -> None:
-    """After shapes are added (a run's, or one drawn by hand), each has its status's colour."""
-    if event.action != "added":
-        return
-    layer = event.source
-    want = status_colors(layer.features["status"]) if "status" in layer.features else None
-    if want is not None and len(want) == len(layer.data) and not np.allclose(layer.edge_color, want):
-        layer.edge_color = want
-    _show_swatch(layer)
-
-
-def _show_swatch(layer: Any) -> None:
-    """The layer's current edge colour: that of its most common status (accepted, what a shape
-    drawn by hand gets, in an empty layer), set without recolouring the selected shapes."""
-    status = layer.features["status"] if "status" in layer.features else ()
-    common = status.mode().iloc[0] if len(status) else "accepted"
-    with layer.block_update_properties():
-        layer.current_edge_color = STATUS_COLORS.get(str(common), STATUS_COLORS["proposed"])
+    layer.events.data.connect(keep_status_colours)  # the same callback is connected only once
+    show_swatch(layer)
 
 
 class ResultLayer:
