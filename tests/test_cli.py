@@ -358,6 +358,21 @@ def test_bad_evaluate_input_fails_fast_in_one_line(case, disc_dataset, capsys, n
     assert message in line and "annotations.json" in line
 
 
+def test_evaluate_fills_a_missing_bbox_and_warns_of_a_wrong_image_size(disc_dataset, tmp_path,
+                                                                        capsys):
+    def spoil(d):
+        d["annotations"][0].pop("bbox")
+        d["images"][1]["height"] = 100
+
+    _edit_annotations(disc_dataset, spoil)
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(disc_dataset), "--json", str(out), *FAST]) == 0
+    assert json.loads(out.read_text())["bbox_AP50"] > 0.9  # the ground truth lines up all the same
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert warned == ["instanno: warning: images/1.png is 128 x 128 pixels but the annotations say "
+                      "100 x 128 (height x width); fix the file's height and width"]
+
+
 def test_bad_evaluate_arguments(disc_dataset, tmp_path, capsys, no_models_no_pixels):
     assert main(["evaluate", str(tmp_path / "nowhere"), *FAST]) == 2
     assert f"dataset {tmp_path / 'nowhere'} is not a folder" in _one_error_line(capsys)
