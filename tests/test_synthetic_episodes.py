@@ -119,3 +119,16 @@ def test_sampler_synthetic_episodes_are_well_formed_and_seeded(tmp_path) -> None
         # the reference box in its crop has the reference's size at the crop's scale
         local = e.ref_local[2:] - e.ref_local[:2]
         np.testing.assert_allclose(local / local.max(), e.ref_size / e.ref_size.max(), atol=0.05)
+
+
+
+def test_one_pixel_wide_pieces_paste_without_error() -> None:
+    """A piece 1 px wide (a thin object scaled down) is pasted, blur or not."""
+    from napari_instanno.training.episodes import _place
+
+    piece = torch.ones(5, 21, 1)
+    for seed in range(20):
+        canvas, top = torch.zeros(3, 32, 32), torch.full((32, 32), -1, dtype=torch.int32)
+        box = _place(canvas, top, piece, 0, np.zeros((0, 4)), 0.0, np.random.default_rng(seed))
+        assert box is not None and box[2] - box[0] == 1 and box[3] - box[1] == 21
+        assert (top == 0).sum() == 21

@@ -482,7 +482,7 @@ def _place(canvas: torch.Tensor, top: torch.Tensor, piece: torch.Tensor, label: 
     if colour:  # mild per-copy changes: contrast, brightness, blur
         rgb = ((rgb - 0.5) * float(np.exp(rng.uniform(-0.15, 0.15))) + 0.5
                + float(rng.uniform(-0.06, 0.06))).clamp(0, 1)
-        if rng.random() < 0.3:
+        if rng.random() < 0.3 and min(h, w) >= 3:
             from torchvision.transforms.functional import gaussian_blur
             rgb = gaussian_blur(rgb, 3, float(rng.uniform(0.3, 1.0)))
     region = canvas[:, y:y + h, x:x + w]
