@@ -18,7 +18,7 @@ from ..image import clip_boxes, to_rgb01
 from .checkpoint import TileResult
 from .components import upscale_factor
 from .duplicates import duplicates_suppressed
-from .engine import borrow
+from .engine import borrow, give_back_memory
 from .oom import on_cpu, with_oom_fallback
 from .policy import reference_grid
 from .seams import Tile, owned, window
@@ -98,6 +98,8 @@ def run_tiles(job: TileJob, tiles: list[Tile]) -> list[Outcome]:
             return [_tile_outcome(job, comps, t) for t in tiles]
     except Exception as err:  # reported by the caller with the tiles' indices
         return [Outcome(t.index, error=err) for t in tiles]
+    finally:
+        give_back_memory()
 
 
 def _batch_outcomes(job: TileJob, comps: tuple[Any, Any], tiles: list[Tile]) -> list[Outcome]:

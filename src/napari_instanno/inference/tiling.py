@@ -88,8 +88,8 @@ def find_similar_tiled(
     rounded up to 32); a matcher that upscales small references gets smaller tiles
     (``policy.tiling_plan``).
     ``value_range`` (per-channel low, high) defaults to one computed from a low-resolution
-    sample, shared by all tiles. ``scheduler``: None (dask threads, ``workers`` of them; 2 on a
-    GPU), ``"sync"``, a ``distributed.Client`` or a scheduler address. ``batch_size`` tiles
+    sample, shared by all tiles. ``scheduler``: None (dask threads, ``workers`` of them:
+    ``default_workers``), ``"sync"``, a ``distributed.Client`` or a scheduler address. ``batch_size`` tiles
     whose windows have one shape go through a matcher with ``find_batch`` in one pass, their
     windows read in parallel (default: 8 on a GPU, 1 on the CPU, where batching gains nothing).
     ``progress(done, total)`` is called after every tile; ``cancel()`` is checked between tiles
@@ -170,8 +170,8 @@ def find_similar_tiled(
                 return False
 
             on_gpu = "cuda" in str(getattr(annotator, "device", "cpu"))
-            if workers is None:  # on a GPU, two: one reads its tiles while the other computes
-                workers = 2 if on_gpu else min(os.cpu_count() or 1, 4)
+            if workers is None:
+                workers = default_workers(on_gpu, (matcher, outliner))
             if batch_size is None:
                 batch_size = GPU_BATCH if on_gpu else 1
             stopped = run_tasks(run_tiles, job, batches(pending, batch_size),
@@ -192,6 +192,21 @@ def find_similar_tiled(
         raise TilingInterrupted(
             f"stopped after {len(results)} of {total} tiles: {interrupted}{where}", merged)
     return label_method(merged, job.reference)
+
+
+def default_workers(on_gpu: bool, components: tuple[Any, ...]) -> int:
+    """Tiles in flight at once: on a GPU two (one reads its tiles while the other computes); on
+    the CPU one per core, except that torch models share the cores between torch's own threads
+    (one tile at a time with 2 torch threads on 2 cores: the same speed as two tiles, with one
+    tile's memory)."""
+    cores = os.cpu_count() or 1
+    if on_gpu:
+        return 2
+    if any(hasattr(c, "to") for c in components):  # torch models (they move between devices)
+        import torch
+
+        return max(1, min(cores // max(torch.get_num_threads(), 1), 4))
+    return min(cores, 4)
 
 
 def _describe(component: Any) -> str:
