@@ -7,6 +7,13 @@ On the smallest size the untiled Annotator runs too, and the two results are com
 instances with mask IoU >= 0.95, no extras). Also: the backbone's stride-8 feature pass in MPix/s.
 
     nice -n 10 python benchmarks/bench_tiling.py --sizes 4096 16384
+    python benchmarks/bench_tiling.py --sizes 4096 16384 --matcher learned --outliner learned \
+        --with-ncc --no-untiled          # the learned models with library defaults, NCC alongside
+
+"end to end" counts from the child process's start (imports, model loading, the warm-up, the
+run), as ``instanno predict`` would; "run" only the tiled pass. ``--cluster N`` runs the tiles on
+a local ``dask.distributed`` cluster of N single-threaded worker processes (peak RSS is then the
+client's only).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+T_START = time.perf_counter()  # the child's end-to-end time counts from here
 
 CELL, CHUNK, RMIN, RMAX = 64, 1024, 6, 9
 BACKGROUND, EDGE = 24, 0.8  # soft (band-limited) edges, as optics give: the learned matcher scores
@@ -83,7 +92,8 @@ def child(args: argparse.Namespace) -> None:
     from napari_instanno.inference.tiling import find_similar_tiled
     from napari_instanno.io.table import TableWriter, count_rows
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     baselines.MAX_DETECTIONS = 10**7  # the untiled baseline must not be capped at 2000
     arr = zarr.open_array(args.image, mode="r")
     ann = Annotator(matcher=args.matcher, outliner=args.outliner, device=args.device)
@@ -92,11 +102,19 @@ def child(args: argparse.Namespace) -> None:
     vr = as_source(arr).value_range()
     warm = np.asarray(arr[:512, :512])  # first-use imports and allocations stay out of the timing
     find_similar_tiled(ann, warm, ref_box(), tile_size=256, value_range=vr)
+    scheduler = None
+    if args.cluster:
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=args.cluster, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        scheduler = Client(cluster)
     t0, c0 = time.perf_counter(), time.process_time()
     if args.mode == "tiled":
         find_similar_tiled(ann, arr, ref_box(), tile_size=args.tile_size, value_range=vr,
                            table=args.table, collect=False, workers=args.workers,
-                           score_threshold=args.score_threshold, batch_size=args.batch_size)
+                           score_threshold=args.score_threshold, batch_size=args.batch_size,
+                           scheduler=scheduler)
         n = count_rows(args.table)
     else:
         ann.set_image(arr[:], value_range=vr)
@@ -105,16 +123,20 @@ def child(args: argparse.Namespace) -> None:
         writer.write(inst)
         writer.close()
         n = len(inst)
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    end = time.perf_counter()
+    seconds, cpu = end - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "objects": n, "peak_mb": peak}))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "objects": n, "peak_mb": peak,
+                      "end_to_end": end - T_START, "threads": torch.get_num_threads()}))
 
 
 def run_child(image: Path, table: Path, mode: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--image", str(image), "--table", str(table),
            "--tile-size", str(args.tile_size), "--matcher", args.matcher, "--outliner",
-           args.outliner, "--device", args.device, "--threads", str(args.threads),
-           "--workers", str(args.workers), "--score-threshold", str(args.score_threshold),
+           args.outliner, "--device", args.device, "--score-threshold", str(args.score_threshold),
+           *(["--threads", str(args.threads)] if args.threads else []),
+           *(["--workers", str(args.workers)] if args.workers else []),
+           *(["--cluster", str(args.cluster)] if args.cluster else []),
            *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
            *(["--half"] if args.half else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -188,8 +210,14 @@ def main() -> None:
     p.add_argument("--matcher", default="ncc")
     p.add_argument("--outliner", default="otsu")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--workers", type=int, default=2, help="tiles in parallel (dask threads)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tiles in parallel (dask threads; default: tiling.default_workers)")
+    p.add_argument("--cluster", type=int, default=None,
+                   help="run the tiles on a local cluster of this many worker processes")
+    p.add_argument("--with-ncc", action="store_true",
+                   help="also run ncc + otsu on each size (the baseline of the ratios)")
+    p.add_argument("--no-untiled", action="store_true", help="skip the untiled comparison")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per batched pass (default: 8 on a GPU, 1 on the CPU)")
     p.add_argument("--half", action="store_true",
@@ -206,12 +234,14 @@ def main() -> None:
         args.mode = args.child
         return child(args)
 
-    for name, (wall, cpu) in feature_pass(args.threads, args.device).items():
-        print(f"feature pass (MobileNetV2 to stride 8, 1024^2, {args.threads} threads, "
+    for name, (wall, cpu) in feature_pass(args.threads or 2, args.device).items():
+        print(f"feature pass (MobileNetV2 to stride 8, 1024^2, {args.threads or 2} threads, "
               f"{args.device}, {name}): {wall:.2f} MPix/s wall, {cpu:.2f} MPix per CPU-second",
               flush=True)
     if args.feature_pass_only:
         return None
+    ncc = argparse.Namespace(**{**vars(args), "matcher": "ncc", "outliner": "otsu"})
+    label = f"{args.matcher}+{args.outliner}"
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         rows = []
         for size in sorted(args.sizes):
@@ -219,10 +249,17 @@ def main() -> None:
             t0 = time.perf_counter()
             make_image(image, size)
             gen = time.perf_counter() - t0
+            if args.with_ncc and args.matcher != "ncc":
+                base = run_child(image, Path(tmp) / f"ncc{size}.parquet", "tiled", ncc)
+                print(_line(size, "ncc+otsu", base), flush=True)
             res = run_child(image, Path(tmp) / f"tiled{size}.parquet", "tiled", args)
             rows.append((size, res))
-            print(_line(size, "tiled", res) + f"  (image written in {gen:.0f} s)", flush=True)
-            if size == min(args.sizes):
+            print(_line(size, label, res) + f"  (image written in {gen:.0f} s)", flush=True)
+            if args.with_ncc and args.matcher != "ncc":
+                print(f"{size:>6}^2 {label} / ncc+otsu: time x{res['seconds'] / base['seconds']:.2f} "
+                      f"run, x{res['end_to_end'] / base['end_to_end']:.2f} end to end; peak RSS "
+                      f"x{res['peak_mb'] / base['peak_mb']:.2f}", flush=True)
+            if size == min(args.sizes) and not args.no_untiled:
                 un = run_child(image, Path(tmp) / "untiled.parquet", "untiled", args)
                 print(_line(size, "untiled", un), flush=True)
                 m, extra, missing, low = compare(Path(tmp) / f"tiled{size}.parquet",
@@ -243,8 +280,9 @@ def main() -> None:
 def _line(size: int, mode: str, r: dict) -> str:
     mpix = size * size / 1e6
     return (f"{size:>6}^2 {mode:<8}: {r['objects']:>7} objects {r['seconds']:8.1f} s "
-            f"{mpix / r['seconds']:6.2f} MPix/s ({mpix / r['cpu']:5.2f} per CPU-s) "
-            f"peak RSS {r['peak_mb']:6.0f} MB")
+            f"{mpix / r['seconds']:6.2f} MPix/s ({mpix / r['cpu']:5.2f} per CPU-s), end to end "
+            f"{r.get('end_to_end', r['seconds']):7.1f} s {mpix / r.get('end_to_end', r['seconds']):5.2f}"
+            f" MPix/s, peak RSS {r['peak_mb']:6.0f} MB ({r.get('threads', '?')} torch threads)")
 
 
 def shutil_rm(path: Path) -> None:
