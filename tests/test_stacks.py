@@ -236,11 +236,36 @@ def test_ctrl_c_stops_with_the_finished_planes():
     assert sorted(set(err.value.partial.properties["plane"].tolist())) == [0, 1, 2]
 
 
-def test_reference_plane_in_the_middle_runs_outwards_and_reseeding_works(ncc_run):
+def test_reseeding_follows_growing_discs_that_a_fixed_template_loses():
+    stack, discs = drifting_discs(planes=PLANES, n=20, growth=0.5, size=256)
+    ref = reference_box(discs[0])
+    fixed = score(_ann().find_similar_stack(stack, ref, 0, score_threshold=0.3), discs, PLANES)
+    seeded = score(_ann().find_similar_stack(stack, ref, 0, score_threshold=0.3, reseed=True),
+                   discs, PLANES)
+    assert fixed.found.min() < 0.8 and fixed.found[0] == 1.0
+    assert seeded.found.min() >= 0.95 and seeded.one_track >= 0.95
+
+
+def test_a_reseeded_run_resumes_from_its_checkpoint(tmp_path):
+    stack, discs = drifting_discs(planes=PLANES, n=20, growth=0.5, size=256)
+    ref, seen = reference_box(discs[0]), []
+    with pytest.warns(UserWarning, match="cancelled"):
+        _ann().find_similar_stack(stack, ref, 0, score_threshold=0.3, reseed=True,
+                                  checkpoint=tmp_path / "ck", progress=lambda d, t: seen.append(d),
+                                  cancel=lambda: len(seen) > 6)
+    resumed = _ann().find_similar_stack(stack, ref, 0, score_threshold=0.3, reseed=True,
+                                        checkpoint=tmp_path / "ck")
+    s = score(resumed, discs, PLANES)
+    assert s.found.min() >= 0.95 and s.one_track >= 0.95
+
+
+def test_reference_plane_in_the_middle_runs_outwards_and_seeds_both_ways():
     assert plane_order(5, 2) == [2, 3, 4, 1, 0]
-    inst = _ann().find_similar_stack(STACK, reference_box(DISCS[0]), 0, score_threshold=0.3,
-                                     reseed=True)
-    s = score(inst, DISCS, PLANES)
+    stack, discs = drifting_discs(planes=PLANES, n=20, growth=0.5, size=256)
+    (r, c), rad = discs[0].at(6)
+    ref = np.array([c - rad - 2, r - rad - 2, c + rad + 2, r + rad + 2])
+    s = score(_ann().find_similar_stack(stack, ref, 6, score_threshold=0.3, reseed=True), discs,
+              PLANES)
     assert s.found.min() >= 0.95 and s.one_track >= 0.95
 
 

@@ -1,14 +1,15 @@
 """Every plane of a stack, time-lapse or series from one reference, with track identities.
 
 The references are embedded once, on the reference plane (or a separate reference image); each
-plane is normalised on its own and its features are computed once, as a single-image run would,
-so a plane costs what a single-image run on it costs less the embedding. With ``reseed``, each
-plane also uses the embedding of its most confident instance (or instances, one per reference)
-for the next plane away from the reference, as video object segmentation propagates a frame's
-result to the next one. Finished planes are kept in memory or in a ``checkpoint`` folder (one
-file per plane, ``checkpoint.TileStore``), so a cancelled, interrupted or crashed run keeps them
-and a rerun with the same folder does only the missing planes. Instances are linked across
-planes into tracks (``tracks.link_tracks``).
+plane is normalised on its own and its features are computed once, as a single-image run would, so
+a plane costs what a single-image run on it costs less the embedding. With ``reseed``, the
+reference objects are followed from plane to plane (on each plane, the confident instance
+overlapping most the one followed on the plane before) and each one found is embedded again and
+used, with the references, on the next plane away from the reference, as video object segmentation
+propagates a frame's result to the next one. Finished planes are kept in memory or in a
+``checkpoint`` folder (one file per plane, ``checkpoint.TileStore``), so a cancelled, interrupted
+or crashed run keeps them and a rerun with the same folder does only the missing planes. Instances
+are linked across planes into tracks (``tracks.link_tracks``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InstannoError
+from ..geometry import box_iou, polygon_box
 from ..image import clip_boxes, to_rgb01
 from ..instances import Instances
 from ..io.images import read_image_file
@@ -39,8 +41,12 @@ from .references import (
 )
 from .tracks import MAX_GAP, MIN_IOU, link_tracks
 
-RESEED = False  # see benchmarks/bench_stacks.py --reseed: no gain on drifting or growing discs
-RESEED_MIN_SCORE = 0.5  # an instance seeds the next plane only when it scores at least this
+# Off: benchmarks/bench_stacks.py finds no gain for the shipped models (every disc found without
+# it, also on discs growing 1.7x) at 1.3-2x the time; with NCC it helps where objects change look
+# (growing discs: 50 % -> 100 % found), so it is there to turn on.
+RESEED = False
+RESEED_MIN_SCORE = 0.5  # an instance seeds the next plane only when it scores at least this ...
+RESEED_MIN_IOU = 0.3  # ... and overlaps the object followed on the plane before this much (box IoU)
 
 
 class StackInterrupted(InstannoError):
@@ -90,6 +96,8 @@ class _Run:
         self.score_threshold = score_threshold
         self.held: int | None = None  # the plane whose features the matcher holds
         self.rgb = np.zeros((0, 0, 3), np.float32)  # ... and its RGB [0, 1] pixels
+        self.pad: float | None = None  # reference box side / its outline's, for re-seeding
+        self.ref_rgb = self.rgb  # the reference plane (or image) as RGB [0, 1]
 
     def hold(self, k: int, image: np.ndarray | None = None) -> np.ndarray:
         """Give the matcher plane ``k`` (unless it holds it); returns its RGB [0, 1] pixels."""
@@ -119,16 +127,37 @@ class _Run:
         keep = duplicates_suppressed(polygons, scores)  # two outlines of one object: the better
         return TileResult(k, boxes[keep], scores[keep], [polygons[i] for i in keep])
 
-    def seeds_from(self, result: TileResult) -> list:
-        """References of the plane's most confident instances, one per reference box at most
-        (the matcher holds that plane)."""
-        order = np.argsort(-result.scores)[:len(self.boxes)]
-        seeds = [self.matcher.embed_reference(result.boxes[i]) for i in order
-                 if result.scores[i] >= RESEED_MIN_SCORE]
+    def seeds_from(self, result: TileResult, followed: np.ndarray) -> tuple[list, np.ndarray]:
+        """The references of the plane's instances continuing the ``followed`` boxes (confident,
+        overlapping most), and their boxes: each outline's box, padded as the reference box pads
+        its outline on the reference plane (the matcher holds the plane)."""
+        ok = np.flatnonzero(result.scores >= RESEED_MIN_SCORE)
+        if not len(ok) or not len(followed):
+            return [], np.zeros((0, 4))
+        outlines = np.stack([polygon_box(result.polygons[i]) for i in ok])
+        iou = box_iou(followed, result.boxes[ok])
+        picked = np.unique(iou.argmax(1)[iou.max(1) >= RESEED_MIN_IOU])
+        if self.pad is None and len(picked):  # the reference plane: how the user drew the box
+            ref_side, side = _sides(followed[:1]), _sides(outlines[picked[:1]])
+            self.pad = float(np.clip(ref_side / np.maximum(side, 1.0), 1.0, 2.0)[0])
+        boxes = _padded(outlines[picked], self.pad or 1.0)
+        h, w = self.rgb.shape[:2]
+        boxes = clip_boxes(boxes, (0, 0, w, h))
+        seeds = [self.matcher.embed_reference(b) for b in boxes]
         for seed in seeds:  # a guarded matcher keeps the path chosen for the references
             if self.references.method is not None:
                 seed.method = self.references.method
-        return seeds
+        return seeds, boxes
+
+
+def _sides(boxes: np.ndarray) -> np.ndarray:
+    return np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+
+
+def _padded(boxes: np.ndarray, factor: float) -> np.ndarray:
+    """Boxes scaled by ``factor`` about their centres."""
+    centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) * factor / 2
+    return np.hstack([centre - half, centre + half])
 
 
 def find_similar_stack(
@@ -184,7 +213,7 @@ def find_similar_stack(
         ref, ref_plane = np.asarray(ref), None
     boxes, negative_boxes = check_references(refs, negatives, ref.shape[:2])
     run = _Run(annotator, planes, boxes, float(score_threshold))
-    run.hold(-1 if ref_plane is None else ref_plane, ref)
+    run.ref_rgb = run.hold(-1 if ref_plane is None else ref_plane, ref)
     run.references = embed_references(run.matcher, boxes, negative_boxes)
     fingerprint = {
         "planes": n, "sources": planes.sources, "plane_shape": list(planes.shape(0) or ()),
@@ -195,7 +224,7 @@ def find_similar_stack(
     store = TileStore(checkpoint, fingerprint)
     results = {r.index: r for r in store.finished()}
     skipped: dict[int, str] = {}
-    seeds: dict[int, list] = {}
+    seeds: dict[int, tuple[list, np.ndarray]] = {}  # plane -> its seeds and their boxes
     if progress is not None:
         progress(len(results), n)
     stopped = interrupted = False
@@ -208,23 +237,25 @@ def find_similar_stack(
                 break
             prev = _previous(k, ref_plane)
             if reseed and prev in results and prev not in seeds:  # finished in an earlier run
-                seeds[prev] = _seeds_of(run, prev, results[prev])
+                seeds[prev] = _seeds_of(run, prev, results[prev], store)
+            followed = seeds[prev][1] if prev in seeds else boxes
             try:
                 run.hold(k)
             except InstannoError as err:
                 skipped[k] = str(err)
                 continue
-            result = run.find(k, seeds.get(prev, []),
+            result = run.find(k, seeds[prev][0] if prev in seeds else [],
                               negative_boxes if k == ref_plane else np.zeros((0, 4)))
             if reseed:
-                seeds[k] = run.seeds_from(result)
+                seeds[k] = run.seeds_from(result, followed)
             results[k] = store.save(result)
             if progress is not None:
                 progress(len(results), n)
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        annotator.set_image(ref)  # its components now hold another plane: recompute on next use
+        # the components now hold another plane: the Annotator recomputes on its next use
+        annotator.set_image(run.ref_rgb, value_range=((0.0,) * 3, (1.0,) * 3))
     inst = _gather(results, store, category, run.references)
     if link and len(inst):
         _link(inst, planes, min_iou, gap)
@@ -243,13 +274,16 @@ def find_similar_stack(
     return inst
 
 
-def _seeds_of(run: _Run, k: int, result: TileResult) -> list:
-    """Seeds of plane ``k`` finished earlier: its features are computed again for them."""
+def _seeds_of(run: _Run, k: int, result: TileResult, store: TileStore
+              ) -> tuple[list, np.ndarray]:
+    """Seeds of plane ``k`` finished in an earlier run: its features are computed again, and
+    the objects followed are taken to be the reference boxes' (they move little a plane)."""
     try:
         run.hold(k)
     except InstannoError:
-        return []
-    return run.seeds_from(result)
+        return [], np.zeros((0, 4))
+    full = TileResult(k, result.boxes, result.scores, store.polygons(k))
+    return run.seeds_from(full, run.boxes)
 
 
 def _gather(results: dict[int, TileResult], store: TileStore, category: str,
