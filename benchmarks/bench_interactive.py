@@ -1,0 +1,139 @@
+"""What a user waits for: model loading, and click to polygons for a new image and a new reference.
+
+Four real images: the largest dsb2018/val image (1024², small nuclei the matcher upscales), the
+first airbus-aircraft/val tile, the first crowdai-buildings/val tile and the coins sample. The
+reference is the evaluate protocol's median-area instance (``training.evaluate``); the "new
+reference" is another instance three places up the area order, on the cached features. "click"
+is what the widget does (``find_similar(..., outline_threshold=)`` at the shown 0.3: candidates
+below are outlined only when the slider goes down); "all" outlines every candidate, as before.
+NCC + Otsu run in the same process on the same calls: the ratios are against them.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_interactive.py --threads 2
+    xvfb-run -a python benchmarks/bench_interactive.py --threads 2 --widget   # + the widget path
+
+``--widget`` also times the widget in a real viewer: the dsb2018 image opened, the widget docked
+(its models load in the background meanwhile), a reference drawn, Run -> the result layer filled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHOWN = 0.3  # the widget's default min score (inference.annotator.DEFAULT_MIN_SCORE)
+
+
+def images(shared: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(name, RGB [0, 1] image, reference box, second reference box) of the four images."""
+    from napari_instanno.image import to_rgb01
+    from napari_instanno.samples import COINS_REF_BOX, coins_sample
+    from napari_instanno.training.datasets import CocoFolder
+    from napari_instanno.training.evaluate import reference_index
+
+    out = []
+    picks = [("dsb2018/val", 518), ("airbus-aircraft/val", None), ("crowdai-buildings/val", None)]
+    for folder, image_id in picks:
+        samples = CocoFolder(shared / folder).samples
+        s = samples[0] if image_id is None else next(x for x in samples
+                                                        if int(x.info["id"]) == image_id)
+        rgb, gt = s.load_rgb01(), s.instances
+        ref = reference_index(gt.boxes, gt.areas, rgb.shape[:2])
+        order = list(np.argsort(gt.areas, kind="stable"))
+        other = int(order[min(len(order) - 1, order.index(ref) + 3)])
+        name = f"{folder.split('/')[0]} {Path(s.info['file_name']).name[:12]}"
+        out.append((name, rgb, gt.boxes[ref], gt.boxes[other]))
+    coins, box = coins_sample()
+    other = np.array([x + d for x, d in zip(COINS_REF_BOX, (-120, 0, -120, 0), strict=True)])
+    out.append(("coins sample", to_rgb01(coins), box, other))
+    return out
+
+
+def timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def clicks(ann, rgb: np.ndarray, ref: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """Seconds for a new image and a new reference, as the widget asks ("click") and with every
+    candidate outlined ("all"), and how many candidates / shown."""
+    out = {}
+    for mode, kw in (("all", {}), ("click", {"outline_threshold": SHOWN})):
+        out[f"image {mode}"], inst = timed(lambda kw=kw: ann.set_image(rgb).find_similar(ref, **kw))
+        out[f"ref {mode}"], _ = timed(lambda kw=kw: ann.find_similar(other, **kw))
+        out["found"], out["shown"] = len(inst), int((inst.scores >= SHOWN).sum())
+    return out
+
+
+def widget_path(rgb: np.ndarray, ref: np.ndarray) -> None:
+    """Run -> result layer filled in a real viewer, with the default (shipped) models."""
+    import torchvision  # noqa: F401, I001  (before any GL context: see tests/test_widgets.py)
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_instanno.napari import FindSimilarWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(rgb, name="dsb", rgb=True)
+    t_open = time.perf_counter()
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    names = (widget._matcher.value, widget._outliner.value)
+    widget.add_reference(ref)  # a user takes a few seconds to draw it; the models load meanwhile
+    while time.perf_counter() - t_open < 5.0:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    widget.run()
+    layer = widget.result_layer()
+    while widget.busy or not len(layer.data):
+        QApplication.processEvents()
+        time.sleep(0.005)
+    t1 = time.perf_counter()
+    print(f"widget ({names[0]} + {names[1]}, 5 s after opening): Run -> {len(layer.data)} "
+          f"polygons in the layer {t1 - t0:.2f} s")
+    viewer.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--shared", default="../shared/data")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--widget", action="store_true", help="also time the widget path (needs a display)")
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from napari_instanno.inference.annotator import Annotator
+
+    scenes = images(Path(args.shared))
+    t_learned, learned = timed(lambda: Annotator(device="cpu"))
+    t_ncc, ncc = timed(lambda: Annotator(matcher="ncc", outliner="otsu", device="cpu"))
+    print(f"torch threads {args.threads}; model load: {learned.matcher.name} + "
+          f"{learned.outliner.name} {t_learned:.2f} s, ncc + otsu {t_ncc:.2f} s")
+    warm, box = scenes[-1][1][:128, :128], np.array([8.0, 8.0, 40.0, 40.0])
+    for ann in (learned, ncc):  # first-call allocations stay out of the timings
+        clicks(ann, warm, box, box)
+    cols = ("image click", "ref click", "image all", "ref all")
+    print(f"{'image':<26}{'size':>10}  {'found/shown':>11}  " + "".join(f"{c:>13}" for c in cols)
+          + "   (seconds; x = learned / ncc)")
+    for name, rgb, ref, other in scenes:
+        a, b = clicks(learned, rgb, ref, other), clicks(ncc, rgb, ref, other)
+        size = f"{rgb.shape[1]}x{rgb.shape[0]}"
+        print(f"{name:<26}{size:>10}  {a['found']:>5}/{a['shown']:<5}  "
+              + "".join(f"{a[c]:>13.2f}" for c in cols))
+        print(f"{'  ncc + otsu':<26}{'':>10}  {b['found']:>5}/{b['shown']:<5}  "
+              + "".join(f"{b[c]:>13.2f}" for c in cols))
+        print(f"{'  ratio':<26}{'':>10}  {'':>11}  "
+              + "".join(f"{'x%.1f' % (a[c] / max(b[c], 1e-9)):>13}" for c in cols), flush=True)
+    if args.widget:
+        name, rgb, ref, _ = scenes[0]
+        widget_path(rgb, ref)
+
+
+if __name__ == "__main__":
+    main()
