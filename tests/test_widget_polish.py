@@ -101,3 +101,87 @@ def test_edge_colour_swatch_shows_the_shapes_colour(nuclei):
     assert np.allclose(layer.edge_color[-1], STATUS_COLORS["accepted"])
     assert np.allclose(layer.edge_color[:-1], STATUS_COLORS["proposed"])
     assert swatch.line_edit.text() == "yellow"
+
+
+def _toast_line(record, qtbot) -> str:
+    """The one line a collapsed toast shows for a notification (elided when it does not fit)."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from qtpy.QtWidgets import QLabel
+
+    toast = NapariQtNotification.from_notification(record)
+    qtbot.addWidget(toast)
+    toast.show()
+    qtbot.waitExposed(toast)
+    shown = QLabel.text(toast.message)
+    toast.close()
+    return shown
+
+
+def test_toasts_are_whole_and_the_info_line_never_stale(nuclei, make_napari_viewer):
+    from napari.utils.notifications import notification_manager
+
+    from napari_instanno.napari.widgets import FindSimilarWidget
+
+    viewer, widget, qtbot = nuclei
+    widget.run()
+    _finish(qtbot, widget)
+    assert "instances found" in widget._info.value
+    ref = viewer.layers["reference"]
+
+    def busy_run():
+        widget._run.changed.emit(True)
+        widget._run.changed.emit(True)  # pressed again while the first run works
+
+    clicks = [
+        (lambda: widget._box2poly.changed.emit(True), "select a box in the 'reference' layer first"),
+        (lambda: widget._refine.changed.emit(True), "select the polygons to refine first"),
+        (lambda: widget._accept.changed.emit(True), "select shapes first (click, or drag a box)"),
+        (busy_run, "still working: wait, or press Cancel"),
+        (lambda: viewer.layers.remove(ref) or widget._run.changed.emit(True),
+         "no reference box: draw one around an object"),
+    ]
+    for click, message in clicks:
+        widget._say("a message from before")
+        n = len(notification_manager.records)
+        click()
+        record = notification_manager.records[n]
+        assert str(record.message) == message
+        assert _toast_line(record, qtbot) == message  # the whole message, nothing cut
+        assert widget._info.value == message  # the info line says it too
+        _finish(qtbot, widget)
+
+    empty = make_napari_viewer()
+    lonely = FindSimilarWidget(empty)
+    empty.window.add_dock_widget(lonely)
+    n = len(notification_manager.records)
+    lonely._run.changed.emit(True)
+    assert _toast_line(notification_manager.records[n], qtbot) == "no image layer: open an image first"
+    assert lonely._info.value == "no image layer: open an image first"
+
+
+def test_a_failed_job_says_why_in_the_info_line(nuclei, monkeypatch):
+    from napari_instanno.inference.annotator import Annotator
+
+    viewer, widget, qtbot = nuclei
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of ideas")
+
+    monkeypatch.setattr(Annotator, "find_similar", fail)
+    widget.run()
+    _finish(qtbot, widget)
+    assert widget._info.value == "Find similar failed: RuntimeError: out of ideas"
+
+
+def test_progress_bar_is_full_when_refine_ends(nuclei):
+    viewer, widget, qtbot = nuclei
+    widget.run()
+    _finish(qtbot, widget)
+    bar = widget._bar
+    assert bar.value == bar.max > 0
+    layer = viewer.layers["nuclei instances"]
+    layer.selected_data = {0}
+    widget.refine_selected()
+    _finish(qtbot, widget)  # Refine reports no steps: the bar went busy, then full
+    assert bar.value == bar.max > 0 and bar.native.text() == "100%"
+    assert widget._info.value == "1 polygon(s) refined"

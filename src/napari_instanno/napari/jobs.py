@@ -26,15 +26,19 @@ def error_message(err: BaseException) -> str:
     return str(err) if isinstance(err, InstannoError) else f"{type(err).__name__}: {err}"
 
 
-def shows_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A widget action whose ``InstannoError`` is shown once as an error notification (the
-    action then returns None) instead of reaching Qt."""
+def shows_errors(method: Callable[..., Any], status: Callable[[str], None] | None = None
+                 ) -> Callable[..., Any]:
+    """A widget action whose ``InstannoError`` is shown once as an error notification, and given
+    to ``status`` (the widget's info line, so that it never keeps a stale message), instead of
+    reaching Qt; the action then returns None."""
     @functools.wraps(method)
     def action(*args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
         except InstannoError as err:
             show_error(str(err))
+            if status is not None:
+                status(str(err))
             return None
 
     return action
@@ -83,7 +87,7 @@ class JobRunner:
             raise InstannoError("the widget is closed")
         if self._worker is not None:
             if not (self._background or self._returned):
-                raise InstannoError("still working on the last job; wait for it or press Cancel")
+                raise InstannoError("still working: wait, or press Cancel")
             self._stop.set()  # a background job, or one that has returned (started from its done)
             self._close_bar()
             if not self._background and background:
@@ -164,7 +168,7 @@ class JobRunner:
     def _on_error(self, what: str, err: Exception) -> None:
         self.error = err
         if not self._closed:
-            self._status(f"{what} failed")
+            self._status(f"{what} failed: {error_message(err)}")
         show_error(f"{what} failed: {error_message(err)}")
 
     def _on_finished(self, worker: Any, stop: threading.Event) -> None:
@@ -178,3 +182,6 @@ class JobRunner:
             self._busy_changed(False)
         if stop.is_set():
             self._status("cancelled; nothing changed")
+        elif self.error is None:  # done: full, also for a job that reported no steps (Refine)
+            self._bar.max = max(int(self._bar.max), 1)
+            self._bar.value = self._bar.max

@@ -40,8 +40,7 @@ def reference_box(viewer: Any) -> np.ndarray:
     ref, selected = selected_rectangles(viewer)
     rects = [] if ref is None else [i for i, t in enumerate(ref.shape_type) if t == "rectangle"]
     if not rects:
-        raise InstannoError("no reference box: click 'Draw reference box' and drag a "
-                            "rectangle around one instance")
+        raise InstannoError("no reference box: draw one around an object")
     return rectangle_to_box(ref.data[(selected or rects)[-1]])
 
 

@@ -187,7 +187,7 @@ class ResultLayer:
         same = len(layer.data) > max(indices) and all(
             np.array_equal(layer.data[i], v) for i, v in zip(indices, before, strict=True))
         if not same:
-            raise InstannoError("the shapes changed while refining; select them and refine again")
+            raise InstannoError("shapes changed while refining: refine again")
         keep = [k for k, p in enumerate(polygons) if polygon_area(p) >= MIN_AREA]
         new = replace_polygons(layer, [indices[k] for k in keep], [polygons[k] for k in keep])
         layer.selected_data = set(new)

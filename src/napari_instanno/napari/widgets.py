@@ -85,6 +85,7 @@ class FindSimilarWidget(WidgetAPI, Container):
                                        tooltip="save rejected instances too (a session file that "
                                                "reopens with its review state)")
         self._info = Label(value="Draw a box around one instance, then Find similar.")
+        self._info.native.setWordWrap(True)  # a long message wraps instead of being cut
 
         def row(*widgets: Any) -> Container:
             return Container(widgets=widgets, layout="horizontal", labels=False)
@@ -112,8 +113,8 @@ class FindSimilarWidget(WidgetAPI, Container):
             (self._refine, self.refine_selected), (self._save_coco, lambda: self._ask("coco")),
             (self._save_geojson, lambda: self._ask("geojson")), (self._load, lambda: self._ask(None)),
         ]:
-            button.changed.connect(shows_errors(lambda *_, act=action: act()))
-        self._threshold.changed.connect(self._on_threshold)
+            button.changed.connect(shows_errors(lambda *_, act=action: act(), self._say))
+        self._threshold.changed.connect(shows_errors(self._on_threshold, self._say))
         self._image.changed.connect(self._on_image)
         self._on_image(self._image.value)
 
@@ -135,7 +136,7 @@ class FindSimilarWidget(WidgetAPI, Container):
     def image_layer(self) -> Any:
         layer = self._image.value
         if layer is None:
-            raise InstannoError("no image layer; open an image (or File > Open Sample) first")
+            raise InstannoError("no image layer: open an image first")
         return layer
 
     def _on_image(self, layer: Any) -> None:
@@ -167,8 +168,9 @@ class FindSimilarWidget(WidgetAPI, Container):
         return self._results()
 
     def _bind(self, layer: Shapes) -> None:
-        bind_review(layer, {ACCEPT_KEY: shows_errors(self.accept_selected),
-                            REJECT_KEY: shows_errors(self.reject_selected)}, self._category.value)
+        bind_review(layer, {ACCEPT_KEY: shows_errors(self.accept_selected, self._say),
+                            REJECT_KEY: shows_errors(self.reject_selected, self._say)},
+                    self._category.value)
 
     def reference_box(self) -> np.ndarray:
         """The reference (x0, y0, x1, y1): the selected rectangle, else the last one drawn."""
@@ -215,7 +217,6 @@ class FindSimilarWidget(WidgetAPI, Container):
 
         return self._jobs.start("Find similar", work, done)
 
-    @shows_errors
     def _on_threshold(self, value: float) -> None:
         target = self._target()
         shown = target.set_threshold(float(value))
@@ -248,8 +249,9 @@ class FindSimilarWidget(WidgetAPI, Container):
         results = self._target()
         n = results.review_proposed(status) if everything else results.review(status)
         if not n:
-            show_info("nothing to accept" if everything else
-                      "select shapes first (select tool: click, or drag a box around them)")
+            note = "nothing to accept" if everything else "select shapes first (click, or drag a box)"
+            show_info(note)
+            self._say(note)
             return
         self._say(f"{n} shapes {status}")
 
@@ -270,12 +272,12 @@ class FindSimilarWidget(WidgetAPI, Container):
         plane, indices, key, names = self._context()
         ref, sel = selected_rectangles(self._viewer)
         if not sel:
-            raise InstannoError("select one or more rectangles in the 'reference' layer first")
+            raise InstannoError("select a box in the 'reference' layer first")
         boxes = np.stack([check_box(rectangle_to_box(ref.data[i]), plane.shape[:2]) for i in sel])
         results = self._results()
         if runs_tiled(self.image_layer, plane):
             side = int(IN_MEMORY_PIXELS ** 0.5)
-            raise InstannoError(f"box → polygon works on in-memory images up to {side}x{side} for now")
+            raise InstannoError(f"box → polygon: images up to {side}x{side} for now")
         category = self._category_name()
 
         def work(report: Callable, cancelled: Callable) -> list[np.ndarray]:
@@ -297,20 +299,20 @@ class FindSimilarWidget(WidgetAPI, Container):
         results = self._target()
         sel = sorted(results.layer.selected_data)
         if not sel:
-            raise InstannoError("select the polygon(s) to refine in the result layer first")
+            raise InstannoError("select the polygons to refine first")
         before = [np.array(results.layer.data[i]) for i in sel]
 
         def work(report: Callable, cancelled: Callable) -> list[np.ndarray]:
             return self._annotators.refine(names, key, plane, before, report, cancelled)
 
-        @shows_errors
         def done(polys: list[np.ndarray]) -> None:
             kept, collapsed = results.replace_refined(sel, before, polys)
             if collapsed:
-                show_warning(f"refine collapsed {collapsed} polygon(s); they are kept as drawn")
-            self._say(f"{kept} polygon(s) refined")
+                show_warning(f"{collapsed} polygon(s) collapsed: kept as drawn")
+            self._say(f"{kept} polygon(s) refined" + (f", {collapsed} collapsed: kept as drawn"
+                                                       if collapsed else ""))
 
-        return self._jobs.start("Refine", work, done)
+        return self._jobs.start("Refine", work, shows_errors(done, self._say))
 
     def save(self, path: str | Path, fmt: str | None = None, include_rejected: bool | None = None
              ) -> Path:
