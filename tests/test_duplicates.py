@@ -3,7 +3,12 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_instanno.inference.duplicates import DUPLICATE_IOU, NESTED_SHARE, duplicates_suppressed
+from napari_instanno.inference.duplicates import (
+    DUPLICATE_IOU,
+    NESTED_SHARE,
+    duplicates_suppressed,
+    same_object,
+)
 
 
 def square(r, c, side):
@@ -43,3 +48,13 @@ def test_no_duplicate_pair_survives_and_each_removal_has_a_better_partner(boxes)
     assert not any(same(i, j) for i in keep for j in keep if i < j)
     for j in set(range(len(polys))) - set(keep.tolist()):
         assert any(same(i, j) and scores[i] >= scores[j] for i in keep)
+
+
+def test_same_object_finds_the_outline_already_there():
+    there = [square(0, 0, 10), square(30, 30, 12), square(60, 60, 10)]
+    new = [square(1, 1, 10),  # that first square again, a little off
+           square(33, 33, 4),  # a fragment inside the second
+           square(60, 67, 10),  # a neighbour of the third, touching it
+           square(90, 90, 5)]  # nothing there
+    assert same_object(new, there).tolist() == [0, 1, -1, -1]
+    assert same_object(new, []).tolist() == [-1] * 4

@@ -185,3 +185,22 @@ def test_progress_bar_is_full_when_refine_ends(nuclei):
     _finish(qtbot, widget)  # Refine reports no steps: the bar went busy, then full
     assert bar.value == bar.max > 0 and bar.native.text() == "100%"
     assert widget._info.value == "1 polygon(s) refined"
+
+
+def test_box_to_polygon_on_an_outlined_instance_selects_it(nuclei):
+    from napari_instanno.geometry import polygon_box
+    from napari_instanno.napari.layers import box_to_rectangle, layer_to_instances
+
+    viewer, widget, qtbot = nuclei
+    widget.run()
+    _finish(qtbot, widget)
+    layer = viewer.layers["nuclei instances"]
+    n = len(layer.data)
+    ref = viewer.layers["reference"]
+    ref.add_rectangles([box_to_rectangle(polygon_box(layer_to_instances(layer).polygons[3]))])
+    ref.selected_data = {len(ref.data) - 1}
+    widget.box_to_polygon()
+    _finish(qtbot, widget)
+    assert len(layer.data) == n and layer.selected_data == {3}  # no copy: the one there, selected
+    assert len(ref.data) == 1  # the box was used up, the preset one stays
+    assert widget._info.value == "0 polygon(s) added; 1 outlined already: selected"

@@ -149,9 +149,13 @@ def test_threshold_review_keys_and_categories(setup):
 def test_box_to_polygon_and_refine(setup, monkeypatch):
     viewer, widget, qtbot = setup
     layer = _run(viewer, widget, qtbot)
-    n = len(layer.data)
     ref = viewer.layers["reference"]
     box = rectangle_to_box(ref.data[0])
+    x0, y0, x1, y1 = box  # the run's outline of the preset nucleus goes: the user outlines it anew
+    centres = [np.asarray(d).mean(axis=0) + 0.5 for d in layer.data]
+    layer.selected_data = {i for i, (r, c) in enumerate(centres) if x0 < c < x1 and y0 < r < y1}
+    layer.remove_selected()
+    n = len(layer.data)
     ref.add_rectangles([box_to_rectangle(box)])
     ref.selected_data = {1}
     widget.box_to_polygon()
@@ -168,6 +172,7 @@ def test_box_to_polygon_and_refine(setup, monkeypatch):
     widget._outliner.value = "ellipse"
     good = layer_to_instances(layer).polygons[0]
     wide = good.mean(axis=0) + 1.4 * (good - good.mean(axis=0))
+    score = layer.features["score"].iloc[0]
     idx = replace_polygons(layer, [0], [wide])
     layer.selected_data = set(idx)
     widget.refine_selected()
@@ -175,7 +180,7 @@ def test_box_to_polygon_and_refine(setup, monkeypatch):
     assert len(layer.data) == n + 1 and layer.selected_data == set(idx)
     expected = ellipse_polygon(polygon_box(wide), 32)
     assert np.allclose(layer_to_instances(layer).polygons[idx[0]], expected)
-    assert layer.features["score"].iloc[idx[0]] == pytest.approx(1.0)  # features kept
+    assert layer.features["score"].iloc[idx[0]] == pytest.approx(score)  # features kept
 
     # a refine that collapses a polygon leaves the user's polygon as it was
     monkeypatch.setattr(Annotator, "refine", lambda self, p: np.zeros((3, 2)))

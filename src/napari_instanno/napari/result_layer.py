@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InstannoError
 from ..geometry import polygon_area
+from ..inference.duplicates import same_object
 from ..instances import Instances
 from .files import layer_instances
 from .large_layers import INDEX, LOD_KEY, LevelOfDetail
@@ -24,6 +25,7 @@ from .layers import (
     GEOREF,
     HIDDEN,
     IMAGE_INFO,
+    OFFSET,
     add_instances,
     all_shapes,
     apply_threshold,
@@ -177,6 +179,12 @@ class ResultLayer:
         """What the layer saves (``files.layer_instances``)."""
         layer = self.layer
         return layer_instances(layer.data, layer.shape_type, layer.features, layer.metadata)
+
+    def outlined_already(self, polygons: Sequence[np.ndarray]) -> np.ndarray:
+        """For each (row, col) polygon, the index of a drawn shape outlining the same object
+        (``duplicates.same_object``), else -1."""
+        drawn = [np.asarray(d, dtype=np.float64)[:, -2:] + OFFSET for d in self.layer.data]
+        return same_object(polygons, drawn)
 
     def replace_refined(self, indices: Sequence[int], before: Sequence[np.ndarray],
                         polygons: Sequence[np.ndarray]) -> tuple[int, int]:

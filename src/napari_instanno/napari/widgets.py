@@ -268,7 +268,8 @@ class FindSimilarWidget(WidgetAPI, Container):
         self._review("accepted", everything=True)
 
     def box_to_polygon(self) -> Any:
-        """Outline the selected reference-layer rectangles and add them as accepted polygons."""
+        """Outline the selected reference-layer rectangles and add them as accepted polygons; a
+        box around an instance outlined already selects that shape instead of adding a copy."""
         plane, indices, key, names = self._context()
         ref, sel = selected_rectangles(self._viewer)
         if not sel:
@@ -284,12 +285,18 @@ class FindSimilarWidget(WidgetAPI, Container):
             return self._annotators.outline(names, key, plane, boxes, report)
 
         def done(polys: list[np.ndarray]) -> None:
-            inst = Instances(polygons=polys, categories={1: category},
-                             status=np.full(len(polys), "accepted", dtype=object))
-            results.add(inst, indices, self._threshold.value)
+            there = results.outlined_already(polys)
+            new = [p for p, k in zip(polys, there, strict=True) if k < 0]
+            inst = Instances(polygons=new, categories={1: category},
+                             status=np.full(len(new), "accepted", dtype=object))
+            results.add(inst, indices, self._threshold.value)  # drawn shapes keep their indices
             ref.selected_data = set(sel)
             ref.remove_selected()
-            self._say(f"{len(polys)} polygon(s) added")
+            found = {int(k) for k in there if k >= 0}
+            if found:
+                results.layer.selected_data = found
+            self._say(f"{len(new)} polygon(s) added" + (
+                f"; {len(found)} outlined already: selected" if found else ""))
 
         return self._jobs.start("Box → polygon", work, done)
 
