@@ -1,13 +1,16 @@
 """The learned matcher's head tuned for a few seconds on the user's positives and negatives.
 
-``adapted(matcher, refs)`` fine-tunes the cross-attention and detection head (never the
-backbone or its projections) on the current image's cached features, starting from the loaded
-weights every time, and puts those weights back on exit: nothing is saved. Each labelled object
-gives a window of the feature maps around it; every positive reference is run on every window
-(the attention is normalised by each reference's own peak, so a window behaves as in the whole
-image). The heatmap logit is pushed up at the positives' centre cells, down around the
-negatives' centres, and kept where it was everywhere else in the windows (unlabelled objects
-there may be wanted too). A fixed number of Adam steps, stopped early at a time cap.
+``adapted(matcher, refs)`` fine-tunes the heatmap classifier of the detection head (row 0 of its
+output convolution: a linear map of the head's last features; never the backbone, the attention,
+the offsets or the box sizes, so localisation is untouched) on the current image's cached
+features, starting from the loaded weights every time, and puts those weights back on exit:
+nothing is saved. Each labelled object gives a window of the feature maps around it; every
+positive reference is run on every window (the attention is normalised by each reference's own
+peak, so a window behaves as in the whole image). The heatmap logit is pushed up at the
+positives' centre cells, down at the negatives' centre cells, and kept where it was everywhere
+else in the windows (unlabelled objects there may be wanted too). A fixed number of Adam steps,
+stopped early at a time cap. (Tuning the attention and the whole head moved the peaks off the
+objects and lost most true matches on dsb2018/val: ``benchmarks/bench_corrections.py``.)
 """
 
 from __future__ import annotations
@@ -59,15 +62,25 @@ def adapted(matcher: Any, refs: ReferenceSet, steps: int = STEPS, seconds: float
         return
     import torch
 
-    model = learned.model
-    params = [p for m in (model.attn, model.head) for p in m.parameters()]
+    last = learned.model.head[-1]  # the output convolution; its row 0 gives the heatmap logit
+    params = [last.weight, last.bias]
     saved = [p.detach().clone() for p in params]
+    hooks = [p.register_hook(_heatmap_row_only) for p in params]
     try:
         yield _fit(learned, refs, params, steps, seconds, lr, seed)
     finally:
+        for h in hooks:
+            h.remove()
         with torch.no_grad():
             for p, s in zip(params, saved, strict=True):
                 p.copy_(s)
+
+
+def _heatmap_row_only(grad: Any) -> Any:
+    """The gradient of the output convolution for the heatmap row only (offsets, sizes fixed)."""
+    out = grad.clone()
+    out[1:] = 0
+    return out
 
 
 def find_adapted(matcher: Any, refs: ReferenceSet, adapt: bool = True
@@ -125,8 +138,8 @@ def _fit(learned: Any, refs: ReferenceSet, params: list, steps: int, seconds: fl
                 target[k, i, j], weight[k, i, j] = 1.0, 1.0
         for (nr, nc) in neg_c:
             i, j = int(nr) - r, int(nc) - c
-            ys, xs = slice(max(i - 1, 0), max(i + 2, 0)), slice(max(j - 1, 0), max(j + 2, 0))
-            weight[k, ys, xs] = torch.where(target[k, ys, xs] > 0, weight[k, ys, xs], 1.0)
+            if 0 <= i < side_h and 0 <= j < side_w and target[k, i, j] == 0:
+                weight[k, i, j] = 1.0
     pairs = [(k, q) for k in range(len(labelled)) for q in range(len(pos_refs))]
     rng = np.random.default_rng(seed)
     device = feats[fine].device
@@ -147,8 +160,8 @@ def _fit(learned: Any, refs: ReferenceSet, params: list, steps: int, seconds: fl
         for start in range(0, len(pairs), MAX_PAIRS):
             chunk = pairs[start:start + MAX_PAIRS]
             f, ref, _ = batch(chunk)
-            for p, maps in zip(chunk, model.forward_maps(f, ref), strict=True):
-                base[p] = maps
+            for p, logit in zip(chunk, model.forward_maps(f, ref)[:, 0], strict=True):
+                base[p] = logit
     opt = torch.optim.Adam(params, lr=lr)
     report = {"steps": 0.0}
     with torch.enable_grad():
@@ -157,12 +170,11 @@ def _fit(learned: Any, refs: ReferenceSet, params: list, steps: int, seconds: fl
                 break
             idx = fixed or [pairs[i] for i in rng.choice(len(pairs), MAX_PAIRS, replace=False)]
             f, ref, win = batch(idx)
-            maps = model.forward_maps(f, ref)
+            logit = model.forward_maps(f, ref)[:, 0]
             old = torch.stack([base[p] for p in idx])
-            logit, lab = maps[:, 0], labels[win]
+            lab = labels[win]
             fit = F.binary_cross_entropy_with_logits(logit[lab], target[win][lab])
-            # the heatmap where unlabelled, and the offsets and sizes everywhere, stay put
-            keep = F.mse_loss(logit[~lab], old[:, 0][~lab]) + F.mse_loss(maps[:, 1:], old[:, 1:])
+            keep = F.mse_loss(logit[~lab], old[~lab]) if (~lab).any() else logit.sum() * 0
             loss = fit + KEEP * keep
             opt.zero_grad()
             loss.backward()
