@@ -137,6 +137,18 @@ class AnnotatorCache:
         report(2, 2)
         return inst
 
+    def find_similar_stack(self, names: tuple[str, str], image_key: tuple, plane: Any,
+                           stack: Any, box: np.ndarray, ref_plane: int, category: str,
+                           score_threshold: float, report: Callable, cancelled: Callable
+                           ) -> Instances:
+        """Every plane of ``stack`` from ``box`` on its plane ``ref_plane`` (the displayed
+        ``plane``, which the Annotator holds again after), linked into tracks
+        (``Annotator.find_similar_stack``)."""
+        with self._use:
+            return self.get(names, image_key, plane).find_similar_stack(
+                stack, box, ref_plane, category=category, score_threshold=score_threshold,
+                progress=report, cancel=cancelled)
+
     def outline_more(self, names: tuple[str, str], image_key: tuple, plane: Any,
                      inst: Instances, min_score: float, report: Callable, cancelled: Callable,
                      step: int = OUTLINE_STEP) -> Instances:

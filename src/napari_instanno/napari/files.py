@@ -46,10 +46,11 @@ def layer_instances(data: Any, shape_type: Any, features: Any, metadata: dict | 
 
 def save_instances(path: str | Path, inst: Instances, metadata: dict | None, name: str,
                    fmt: str | None = None, include_rejected: bool = False) -> Path:
-    """Write ``inst`` as COCO JSON (one image, from the layer's ``IMAGE_INFO``) or GeoJSON
-    (map coordinates when the layer's ``GEOREF`` says so); atomic, replacing ``path``. Rejected
-    instances are left out (``inst.num_rejected`` of them) unless ``include_rejected``."""
-    from ..io.coco import write_coco
+    """Write ``inst`` as COCO JSON (one image, from the layer's ``IMAGE_INFO``; a stack's layer:
+    one per plane) or GeoJSON (map coordinates when the layer's ``GEOREF`` says so); atomic,
+    replacing ``path``. Rejected instances are left out (``inst.num_rejected`` of them) unless
+    ``include_rejected``."""
+    from ..io.coco import plane_items, write_coco
     from ..io.geojson import write_geojson
 
     meta = metadata or {}
@@ -57,16 +58,19 @@ def save_instances(path: str | Path, inst: Instances, metadata: dict | None, nam
         return write_geojson(path, inst, overwrite=True, include_rejected=include_rejected,
                              **(meta.get(GEOREF) or {}))
     info = {"file_name": name, **(meta.get(IMAGE_INFO) or {})}
-    return write_coco(path, [(info, inst)], overwrite=True, include_rejected=include_rejected)
+    plane = inst.properties.get("plane")
+    items = [(info, inst)] if plane is None or not len(plane) else plane_items(
+        inst, [info] * (int(plane.max()) + 1))
+    return write_coco(path, items, overwrite=True, include_rejected=include_rejected)
 
 
 def read_annotations(path: str | Path, georef: dict | None = None,
                      default_category: str = "object") -> list[Instances]:
-    """The instances of a COCO file (one entry per image) or a GeoJSON file; a GeoJSON with a
-    ``crs`` member is read in the map coordinates of ``georef``'s image (whose CRS it must
-    match), and refused without one. GeoJSON features without a classification get
-    ``default_category``."""
-    from ..io.coco import read_coco
+    """The instances of a COCO file (one entry per image; one for a stack, each instance with
+    its ``plane``) or a GeoJSON file; a GeoJSON with a ``crs`` member is read in the map
+    coordinates of ``georef``'s image (whose CRS it must match), and refused without one.
+    GeoJSON features without a classification get ``default_category``."""
+    from ..io.coco import join_planes, read_coco
     from ..io.geojson import from_feature_collection
 
     data = read_json(path, "annotation file")
@@ -74,7 +78,10 @@ def read_annotations(path: str | Path, georef: dict | None = None,
     if kind is None:
         raise InstannoError(f"{path} is not a COCO or GeoJSON file")
     if kind == "coco":
-        return [inst for _, inst in read_coco(path)]
+        items = read_coco(path)
+        if any("plane" in info for info, _ in items):  # a stack: each instance on its plane
+            return [join_planes(items)]
+        return [inst for _, inst in items]
     geo = georef if georef is not None and "crs" in data else {}
     return [from_feature_collection(data, geo.get("transform"), source=str(path), crs=geo.get("crs"),
                                     default_category=default_category)]

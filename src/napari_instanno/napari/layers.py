@@ -2,7 +2,8 @@
 
 Coordinates: ``Instances`` polygons are (row, col) in the pixel-CORNER frame (pixel (r, c) covers
 [r, r+1)); napari puts pixel centres on integers, so napari = ours - 0.5. Stacks carry leading
-(plane) coordinates in napari; they are dropped on the way to ``Instances``.
+(plane) coordinates in napari: the first one is the instances' ``plane`` property both ways (an
+instance with one goes to its own plane); a stack's ``track_id`` is a feature column (-1: none).
 
 Holes and parts: an instance with holes or several parts is several polygon shapes, one per ring
 (each part's exterior, then its holes), sharing a ``group`` feature (the instance) and carrying a
@@ -38,6 +39,8 @@ AREA_TYPES = ("polygon", "rectangle", "ellipse")
 GROUP, ROLE = "group", "role"  # feature columns of layers holding holes or several parts
 RING_DEFAULTS = {GROUP: -1, ROLE: "part"}  # a shape drawn by hand: an instance of its own
 HOLE_FACE = (0.0, 0.0, 0.0, 0.4)
+TRACK = "track_id"  # feature column of a stack's shapes (inference.stacks)
+OWN_DEFAULTS = {**RING_DEFAULTS, TRACK: -1}  # ... and a shape drawn by hand has no track
 
 
 def status_colors(status: Sequence[str]) -> np.ndarray:
@@ -76,12 +79,25 @@ def georef(metadata: dict) -> dict | None:
 
 
 def features_of(inst: Instances) -> pd.DataFrame:
-    """The per-instance features table: score, category, status."""
-    return pd.DataFrame({
+    """The per-instance features table: score, category, status (and a stack's track id)."""
+    feats = pd.DataFrame({
         "score": np.asarray(inst.scores, dtype=float),
         "category": inst.category_names,
         "status": [str(s) for s in inst.status],
     })
+    if TRACK in inst.properties:
+        feats[TRACK] = pd.to_numeric(pd.Series(inst.properties[TRACK], dtype=object),
+                                     errors="coerce").fillna(-1).astype(np.int64).to_numpy()
+    return feats
+
+
+def _planes(inst: Instances, plane: Sequence[float]) -> list[Sequence[float]]:
+    """Each instance's leading coordinates: ``plane``, its first one the instance's own ``plane``
+    property where it has one."""
+    own = inst.properties.get("plane")
+    if own is None or not len(plane):
+        return [plane] * len(inst)
+    return [plane if p is None else (float(p), *plane[1:]) for p in own.tolist()]
 
 
 def _rings(inst: Instances) -> list[list[tuple[np.ndarray, str]]]:
@@ -131,8 +147,9 @@ def instances_to_shapes(inst: Instances, plane: Sequence[float] = (), edge_width
     owner = np.repeat(np.arange(len(inst)), counts)
     roles = [role for r in rings for _, role in r]
     feats = features_of(inst).iloc[owner].reset_index(drop=True)
+    where = _planes(inst, plane)
     out = {
-        "data": [to_napari(ring, plane) for r in rings for ring, _ in r],
+        "data": [to_napari(ring, where[i]) for i, r in enumerate(rings) for ring, _ in r],
         "shape_type": "polygon",
         "features": feats,
         "edge_color": status_colors(feats["status"]),
@@ -143,7 +160,8 @@ def instances_to_shapes(inst: Instances, plane: Sequence[float] = (), edge_width
         feats[GROUP] = owner + first_group
         feats[ROLE] = roles
         out["face_color"] = _faces(roles)
-        out["feature_defaults"] = {**features_of(inst).iloc[:1].to_dict("records")[0], **RING_DEFAULTS}
+        out["feature_defaults"] = {**features_of(inst).iloc[:1].to_dict("records")[0],
+                                   **{k: v for k, v in OWN_DEFAULTS.items() if k in feats}}
     return out
 
 
@@ -205,9 +223,15 @@ def shapes_to_instances(data: Sequence[np.ndarray], shape_types: Sequence[str] |
                            errors="coerce").fillna(1.0)
     shapes = ({"polygons": [rings[i] for i in first]} if simple else
               {"geometries": [_geometry(g, rings, roles) for g in groups]})
+    props = {}
+    if first and all(np.shape(data[i])[1] > 2 for i in first):  # a stack: each shape's plane
+        props["plane"] = np.array([int(round(float(data[i][0][0]))) for i in first])
+    if TRACK in feats:
+        props[TRACK] = pd.to_numeric(pd.Series(_column(feats, TRACK, -1, first), dtype=object),
+                                     errors="coerce").fillna(-1).astype(np.int64).to_numpy()
     return Instances(**shapes, scores=scores.to_numpy(float), categories=cats,
                      category_ids=np.array([ids[c] for c in names], dtype=np.int64),
-                     status=np.array(status, dtype=object))
+                     status=np.array(status, dtype=object), properties=props)
 
 
 def layer_to_instances(layer: Any) -> Instances:
@@ -225,12 +249,12 @@ def _column(feats: pd.DataFrame, name: str, default: Any, rows: list[int]) -> li
 # --- whole-layer edits ----------------------------------------------------------------------
 def set_features(layer: Any, feats: pd.DataFrame) -> None:
     """Set ``layer.features`` keeping its defaults (napari resets them to the first row); the
-    ring columns default to "an instance of its own" (``RING_DEFAULTS``)."""
+    ring and track columns default to "an instance of its own" (``OWN_DEFAULTS``)."""
     defaults = layer.feature_defaults
     layer.features = feats
     kept = defaults.iloc[0].to_dict() if len(defaults.columns) else {}
-    kept = {k: v for k, v in kept.items() if k in feats and k not in RING_DEFAULTS}
-    rings = {k: v for k, v in RING_DEFAULTS.items() if k in feats}
+    kept = {k: v for k, v in kept.items() if k in feats and k not in OWN_DEFAULTS}
+    rings = {k: v for k, v in OWN_DEFAULTS.items() if k in feats}
     if kept or rings:
         layer.feature_defaults = {**layer.feature_defaults.iloc[0].to_dict(), **kept, **rings}
 
@@ -251,7 +275,7 @@ def ensure_features(layer: Any, defaults: dict[str, Any]) -> None:
         elif not len(feats):
             feats[name] = feats[name].astype(dtype)
     layer.features = feats
-    layer.feature_defaults = {**defaults, **{k: v for k, v in RING_DEFAULTS.items() if k in feats}}
+    layer.feature_defaults = {**defaults, **{k: v for k, v in OWN_DEFAULTS.items() if k in feats}}
 
 
 def _set_all(layer: Any, data: list[np.ndarray], types: list[str], feats: pd.DataFrame) -> None:

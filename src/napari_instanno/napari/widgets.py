@@ -47,6 +47,7 @@ from .prompts import (
     selected_rectangles,
 )
 from .result_layer import ResultLayer, bind_review, result_shapes
+from .stack_layers import review_tracks, show_tracks, stack_of, summary
 from .widget_api import WidgetAPI
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ class FindSimilarWidget(WidgetAPI, Container):
         self._accept = PushButton(text=f"Accept sel. [{ACCEPT_KEY.upper()}]")
         self._reject = PushButton(text=f"Reject sel. [{REJECT_KEY.upper()}]")
         self._accept_all = PushButton(text="Accept all")
+        self._all_planes = CheckBox(text="All planes", value=False, tooltip="find similar on every "
+                                    "plane of a stack from this reference; one track id per object")
+        self._accept_track, self._reject_track = (PushButton(text=f"{t} track") for t in ("Accept",
+                                                                                          "Reject"))
         self._box2poly = PushButton(text="Box → polygon")
         self._refine = PushButton(text="Refine selected")
         self._save_coco = PushButton(text="Save COCO")
@@ -94,6 +99,7 @@ class FindSimilarWidget(WidgetAPI, Container):
             self._image, self._matcher, self._outliner, self._category,
             row(self._draw, self._run, self._cancel), self._bar, self._threshold,
             row(self._accept, self._reject, self._accept_all),
+            row(self._all_planes, self._accept_track, self._reject_track),
             row(self._box2poly, self._refine),
             row(self._save_coco, self._save_geojson, self._load), self._keep_rejected, self._info,
         ])
@@ -110,6 +116,8 @@ class FindSimilarWidget(WidgetAPI, Container):
             (self._draw, self.draw_reference), (self._run, self.run), (self._cancel, self.cancel),
             (self._accept, self.accept_selected), (self._reject, self.reject_selected),
             (self._accept_all, self.accept_all), (self._box2poly, self.box_to_polygon),
+            (self._accept_track, lambda: self.review_tracks("accepted")),
+            (self._reject_track, lambda: self.review_tracks("rejected")),
             (self._refine, self.refine_selected), (self._save_coco, lambda: self._ask("coco")),
             (self._save_geojson, lambda: self._ask("geojson")), (self._load, lambda: self._ask(None)),
         ]:
@@ -191,7 +199,10 @@ class FindSimilarWidget(WidgetAPI, Container):
         self._jobs.cancel()
 
     def run(self) -> Any:
-        """Find every instance similar to the reference; returns the started worker."""
+        """Find every instance similar to the reference (on every plane with *All planes*);
+        returns the started worker."""
+        if self._all_planes.value:
+            return self.run_all_planes()
         plane, indices, key, names = self._context()
         box = check_box(self.reference_box(), plane.shape[:2], "reference box")
         results = self._results()
@@ -216,6 +227,32 @@ class FindSimilarWidget(WidgetAPI, Container):
             self._outline_more(float(self._threshold.value))  # the slider moved meanwhile
 
         return self._jobs.start("Find similar", work, done)
+
+    def run_all_planes(self) -> Any:
+        """Find similar on every plane of the image's first axis from the reference on the
+        displayed plane, instances linked into tracks (``stack_layers``); returns the worker."""
+        plane, indices, key, names = self._context()
+        stack = stack_of(self.image_layer, indices)
+        box = check_box(self.reference_box(), plane.shape[:2], "reference box")
+        results, category, keep = self._results(), self._category_name(), self._threshold.value
+
+        def work(report: Callable, cancelled: Callable) -> Instances:
+            return self._annotators.find_similar_stack(names, key, plane, stack, box, indices[0],
+                                                       category, keep, report, cancelled)
+
+        def done(inst: Instances) -> None:
+            results.add(inst, indices, self._threshold.value, replace_category=category)
+            show_tracks(results.layer)
+            self._say(summary(inst, category))
+            self._viewer.layers.selection.active = results.layer
+
+        return self._jobs.start("Find similar, all planes", work, done)
+
+    def review_tracks(self, status: str) -> int:
+        """Set ``status`` on the whole tracks of the selected shapes, on every plane."""
+        n = review_tracks(self._target().layer, status)
+        self._say(f"{n} shapes {status}" if n else "select a shape of the track first")
+        return n
 
     def _on_threshold(self, value: float) -> None:
         target = self._target()

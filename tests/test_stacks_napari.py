@@ -1,0 +1,79 @@
+"""The widget's *All planes* on a stack: one result layer with each shape at its plane, track
+ids shown, whole tracks reviewed, saved and loaded with their planes and tracks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_instanno.napari.layers import TRACK, box_to_rectangle
+from napari_instanno.napari.widgets import FindSimilarWidget
+
+from .stack_scenes import drifting_discs
+
+pytestmark = pytest.mark.gui
+PLANES, REF_PLANE = 6, 2
+
+
+@pytest.fixture
+def run_all_planes(make_napari_viewer, qtbot):
+    stack, discs = drifting_discs(planes=PLANES, n=20, drift=1.5)
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="cells")
+    viewer.dims.set_current_step(0, REF_PLANE)
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    (r, c), rad = discs[0].at(REF_PLANE)
+    box = [c - rad - 2, r - rad - 2, c + rad + 2, r + rad + 2]
+    viewer.layers["reference"].add_rectangles([box_to_rectangle(box, (REF_PLANE,))])
+    widget._threshold.value = 0.5
+    widget._all_planes.value = True
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    return viewer, widget, viewer.layers["cells instances"]
+
+
+def test_all_planes_fill_one_layer_with_each_shape_at_its_plane(run_all_planes):
+    viewer, widget, layer = run_all_planes
+    planes = np.array([int(np.asarray(d)[0, 0]) for d in layer.data])
+    assert np.bincount(planes).tolist() == [20] * PLANES
+    assert all((np.asarray(d)[:, 0] == p).all() for d, p in zip(layer.data, planes, strict=True))
+    tracks = layer.features[TRACK].to_numpy()
+    assert len(np.unique(tracks)) == 20 and "20 tracks on 6 planes" in widget._info.value
+    assert layer.text.string.format == "{track_id:.0f}"  # each shape's track id drawn by it
+    for k in (0, 4):  # scrolling through the planes shows that plane's 20 polygons
+        viewer.dims.set_current_step(0, k)
+        shown = np.flatnonzero(layer._data_view._displayed)
+        assert shown.tolist() == np.flatnonzero(planes == k).tolist()
+
+
+def test_accept_track_reviews_the_whole_track_on_every_plane(run_all_planes):
+    viewer, widget, layer = run_all_planes
+    tracks = layer.features[TRACK].to_numpy()
+    one = int(np.flatnonzero(tracks == tracks[5])[3])
+    layer.selected_data = {one}
+    widget._accept_track.clicked.emit()
+    status = layer.features["status"].to_numpy()
+    assert (status[tracks == tracks[5]] == "accepted").all()
+    assert (status[tracks != tracks[5]] == "proposed").all()
+    assert (tracks == tracks[5]).sum() == PLANES
+    layer.selected_data = {0}
+    assert widget.review_tracks("rejected") == PLANES
+    assert (layer.features["status"].to_numpy()[tracks == tracks[0]] == "rejected").all()
+
+
+def test_saved_coco_has_a_plane_per_image_and_loads_back_onto_the_planes(run_all_planes, tmp_path):
+    viewer, widget, layer = run_all_planes
+    out = widget.save(tmp_path / "s.json")
+    data = json.loads(out.read_text())
+    assert [im["plane"] for im in data["images"]] == list(range(PLANES))
+    assert len({a["track_id"] for a in data["annotations"]}) == 20
+    viewer.layers.remove(layer)
+    assert widget.load(out) == 20 * PLANES
+    again = viewer.layers["cells instances"]
+    planes = np.array([int(np.asarray(d)[0, 0]) for d in again.data])
+    assert np.bincount(planes).tolist() == [20] * PLANES
+    assert len(np.unique(again.features[TRACK])) == 20
