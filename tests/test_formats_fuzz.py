@@ -119,7 +119,8 @@ HOSTILE = st.one_of(
     st.just({"size": [10**6, 10**6], "counts": "a"}), st.just({"size": [20, 20], "counts": [400]}),
     st.just({"size": [400, 400], "counts": [5, 2**40]}),
     st.text(alphabet=[chr(c) for c in range(40, 120)], max_size=20),
-    st.just(["a", 1, None]), st.just([1e300, -1e300, 0, 0, 1, 1]),
+    st.just(["a", 1, None]), st.just([1e300, -1e300, 0, 0, 1, 1]), st.just(10**400),
+    st.just([0, 0, 10**400, 0, 1, 1]), st.just([[0, 0], [10**400, 0], [1, 1]]),
 )
 
 

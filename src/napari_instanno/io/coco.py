@@ -185,10 +185,14 @@ def _int(v: Any, what: str, low: int = -(1 << 62), high: int = 1 << 62) -> int:
 
 
 def _number(v: Any, what: str, limit: float = math.inf) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not abs(v) <= limit:
+    try:
+        f = math.nan if isinstance(v, bool) or not isinstance(v, int | float) else float(v)
+    except OverflowError:  # an integer beyond any float
+        f = math.nan
+    if not math.isfinite(f) or abs(f) > limit:
         bound = "a finite number" if limit == math.inf else f"a number within ±{limit:g}"
         raise _Bad(f"{what} must be {bound}, not {_show(v)}")
-    return float(v)
+    return f
 
 
 def _show(v: Any) -> str:
@@ -203,9 +207,15 @@ def _flat_ring(v: Any, what: str) -> np.ndarray:
     if len(v) % 2 or len(v) < 6:
         raise _Bad(f"{what} has {len(v)} numbers; a polygon needs an even count of at least 6 "
                    "(3 vertices)")
-    for x in v:
-        _number(x, f"{what}'s coordinates", MAX_COORD)
-    return np.asarray(v, dtype=np.float64).reshape(-1, 2)
+    try:  # one vectorised check; the slow one below only to say which value is wrong
+        xy = (np.asarray(v, dtype=np.float64) if all(type(x) in (int, float) for x in v)
+              else np.full(1, np.nan))
+    except OverflowError:
+        xy = np.full(1, np.nan)
+    if not (np.abs(xy) <= MAX_COORD).all():
+        for x in v:
+            _number(x, f"{what}'s coordinates", MAX_COORD)
+    return xy.reshape(-1, 2)
 
 
 def _parts(parts: list[Polygon]) -> Geometry:

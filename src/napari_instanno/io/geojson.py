@@ -134,11 +134,15 @@ def _ring(ring: Any, inv: np.ndarray | None, what: str) -> np.ndarray:
     """A GeoJSON ring as (N, 2) pixel (x, y), closing vertex dropped, checked."""
     if not isinstance(ring, list) or not all(isinstance(p, list) and len(p) >= 2 for p in ring):
         raise _Bad(f"{what} must be a list of [x, y] positions")
-    for p in ring:
-        for v in p:
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise _Bad(f"{what} has a coordinate that is not a finite number: {v!r:.40}")
-    xy = np.array([p[:2] for p in ring], dtype=np.float64)
+    bad = next((v for p in ring for v in p if type(v) not in (int, float)), None)
+    if bad is not None:
+        raise _Bad(f"{what} has a coordinate that is not a number: {bad!r:.40}")
+    try:
+        xy = np.array([p[:2] for p in ring], dtype=np.float64)
+    except OverflowError:  # an integer beyond any float
+        xy = np.full((1, 2), np.nan)
+    if not np.isfinite(xy).all():
+        raise _Bad(f"{what} has a coordinate that is not a finite number")
     if len(xy) > 1 and (xy[0] == xy[-1]).all():
         xy = xy[:-1]
     if len(xy) < 3:
@@ -172,6 +176,17 @@ def _feature_geometry(geom: Any, inv: np.ndarray | None) -> Geometry | None:
     if not isinstance(gtype, str):
         raise _Bad("its geometry has no 'type'")
     return None  # points, lines, collections: not instances
+
+
+def _finite(v: Any) -> float | None:
+    """``v`` as a float when it is a finite JSON number (not a bool), else None."""
+    if type(v) not in (int, float):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _category(props: dict, default: str) -> str:
@@ -219,9 +234,9 @@ def from_feature_collection(data: Any, transform: Any = None, source: str = "Geo
             props = feat.get("properties") or {}
             if not isinstance(props, dict):
                 raise _Bad("'properties' must be an object")
-            score = props.get("score", 1.0)
-            if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-                raise _Bad(f"'score' must be a finite number, not {score!r:.40}")
+            score = _finite(props.get("score", 1.0))
+            if score is None:
+                raise _Bad(f"'score' must be a finite number, not {props.get('score')!r:.40}")
             st = props.get("status", "proposed")
             if st not in STATUSES:
                 raise _Bad(f"'status' must be one of {STATUSES}, not {st!r:.40}")
