@@ -339,6 +339,12 @@ def test_sentinel2_fields_with_holes_and_parts_come_back_whole(shared_data, tmp_
                            transform=transform, crs=crs)
     (_, back_coco), = read_coco(inst.to_coco(tmp_path / "f.json", image={
         "file_name": "images/RGB_small.tif", "height": size[0], "width": size[1]}))
+    from napari_instanno.napari.layers import instances_to_shapes, shapes_to_instances
+
+    kw = instances_to_shapes(inst)  # what the viewer shows: one shape per ring
+    back_shapes = shapes_to_instances(kw["data"], kw["shape_type"], kw["features"])
+    assert len(kw["data"]) == 276 + 5 + 3 and len(back_shapes) == 276
     for i in holes + multi:
         assert shapely.equals_exact(back_coco.geometries[i], inst.geometries[i], tolerance=0)
         assert shapely.equals_exact(back_gj.geometries[i], inst.geometries[i], tolerance=1e-6)
+        assert shapely.equals_exact(back_shapes.geometries[i], inst.geometries[i], tolerance=1e-9)
