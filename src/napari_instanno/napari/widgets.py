@@ -106,8 +106,8 @@ class FindSimilarWidget(WidgetAPI, Container):
         self._jobs = JobRunner(self._bar, self._say, self._on_busy)
         self._annotators = AnnotatorCache()
         self._pending: Pending | None = None  # the last run's candidates not outlined yet
-        self._matcher.changed.connect(self._preload)
-        self._outliner.changed.connect(self._preload)
+        for choice in (self._matcher, self._outliner):  # deferred: read both once both are set
+            choice.changed.connect(lambda *_: QTimer.singleShot(0, self._preload))
         self.native.destroyed.connect(lambda *_: self._jobs.close())
         QTimer.singleShot(0, self._preload)  # the models load while the user draws a reference
 
