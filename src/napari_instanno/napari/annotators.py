@@ -118,8 +118,9 @@ class AnnotatorCache:
 
     def find_similar(self, names: tuple[str, str], image_key: tuple, plane: Any, box: np.ndarray,
                      category: str, tiled: bool, report: Callable, cancelled: Callable,
-                     outline_threshold: float | None = None) -> Instances:
-        """Every instance similar to ``box`` in ``plane`` (through the tiler when ``tiled``);
+                     outline_threshold: float | None = None, negatives: Any = None) -> Instances:
+        """Every instance similar to ``box`` (one or several) and unlike ``negatives`` in
+        ``plane`` (through the tiler when ``tiled``);
         on the whole image only those scoring >= ``outline_threshold`` are outlined now
         (``Annotator.find_similar``), the others with ``outline_more``."""
         report(0, 2)
@@ -128,12 +129,13 @@ class AnnotatorCache:
             if tiled:
                 from ..inference.tiling import find_similar_tiled
 
-                return find_similar_tiled(ann, plane, box, category=category, progress=report,
-                                          cancel=cancelled)
+                return find_similar_tiled(ann, plane, box, negatives=negatives, category=category,
+                                          progress=report, cancel=cancelled)
             report(1, 2)
             if cancelled():
                 return Instances()
-            inst = ann.find_similar(box, category=category, outline_threshold=outline_threshold)
+            inst = ann.find_similar(box, negatives, category=category,
+                                    outline_threshold=outline_threshold)
         report(2, 2)
         return inst
 

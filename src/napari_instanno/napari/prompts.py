@@ -44,6 +44,18 @@ def reference_box(viewer: Any) -> np.ndarray:
     return rectangle_to_box(ref.data[(selected or rects)[-1]])
 
 
+def reference_boxes(viewer: Any) -> np.ndarray:
+    """The positives of a run as (k, 4) (x0, y0, x1, y1): the selected rectangles of the
+    reference layer, else every rectangle there."""
+    ref, selected = selected_rectangles(viewer)
+    rects = [] if ref is None else [i for i, t in enumerate(ref.shape_type) if t == "rectangle"]
+    rects = selected or rects
+    if not rects:
+        raise InstannoError("no reference box: click 'Draw reference box' and drag a "
+                            "rectangle around one instance")
+    return np.stack([rectangle_to_box(ref.data[i]) for i in rects])
+
+
 def displayed_plane(viewer: Any, layer: Any) -> tuple[Any, tuple[int, ...]]:
     """The displayed 2D plane (or RGB plane) of an image layer and its plane indices."""
     data = layer.data[0] if layer.multiscale else layer.data

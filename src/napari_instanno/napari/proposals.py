@@ -1,4 +1,5 @@
-"""Re-runs and duplicates: which earlier shapes stay and which new ones are added.
+"""Re-runs and duplicates: which earlier shapes stay, which new ones are added, and which
+reviewed shapes a re-run learns from (accepted: positives, rejected: negatives).
 
 One rule for plain result layers (``layers.add_instances``) and ``LevelOfDetail`` alike, on the
 polygons' own boxes through an R-tree, so it stays cheap at 100k x 100k.
@@ -10,7 +11,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..geometry import polygon_box
+from ..geometry import box_iou, polygon_box
+from ..inference.references import CONFLICT_IOU, MAX_SIZE_RATIO, check_references, side
 from ..instances import Instances
 
 REPLACE_IOU = 0.5  # a new proposal this close (box IoU) to a reviewed shape is the same instance
@@ -53,3 +55,36 @@ def replace_proposals(categories: Sequence[str], statuses: Sequence[str],
 def polygon_boxes(inst: Instances) -> np.ndarray:
     """The polygons' own (x0, y0, x1, y1) boxes (a matcher's boxes may differ)."""
     return np.array([polygon_box(p) for p in inst.polygons]).reshape(-1, 4)
+
+
+MAX_POSITIVES = 8  # references of a re-run (each costs a matcher pass), the drawn ones first
+MAX_NEGATIVES = 8
+
+
+def choose_references(drawn: np.ndarray, accepted: tuple[np.ndarray, np.ndarray],
+                      rejected: tuple[np.ndarray, np.ndarray], shape: tuple[int, int]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(positives, negatives) for a re-run ("find more like the accepted").
+
+    Positives: every rectangle ``drawn`` in the reference layer, then accepted shapes (boxes,
+    scores): the hand-made ones (score 1) and then the weakest matches first, those the matcher
+    was least sure of, within the references' size range (``references.MAX_SIZE_RATIO``), up
+    to ``MAX_POSITIVES``. Negatives: rejected shapes, the highest scores first (the most
+    confusing), up to ``MAX_NEGATIVES``, leaving out any that is the same object as a positive.
+    Checked like any references (``references.check_references``).
+    """
+    pos = [np.asarray(b, float) for b in np.asarray(drawn, float).reshape(-1, 4)]
+    boxes, scores = np.asarray(accepted[0], float).reshape(-1, 4), np.asarray(accepted[1], float)
+    for i in np.lexsort((scores, scores < 1.0)):
+        if len(pos) >= MAX_POSITIVES:
+            break
+        sides = side(np.array(pos)) if pos else None
+        s = side(boxes[i:i + 1])[0]
+        if sides is None or sides.max() / MAX_SIZE_RATIO <= s <= sides.min() * MAX_SIZE_RATIO:
+            pos.append(boxes[i])
+    pos_arr = np.array(pos).reshape(-1, 4)
+    nb, ns = np.asarray(rejected[0], float).reshape(-1, 4), np.asarray(rejected[1], float)
+    nb = nb[np.argsort(-ns, kind="stable")]
+    if len(nb) and len(pos_arr):
+        nb = nb[box_iou(nb, pos_arr).max(1) < CONFLICT_IOU]
+    return check_references(pos_arr, nb[:MAX_NEGATIVES], shape)

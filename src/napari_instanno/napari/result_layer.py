@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..errors import InstannoError
 from ..geometry import polygon_area
@@ -40,6 +41,7 @@ from .layers import (
 )
 from .proposals import polygon_boxes, replace_proposals
 
+UPDATING = "instanno_updating"  # layer.metadata key: set while a run's shapes go in
 LOD_ABOVE = 10_000  # runs finding more instances are shown through LevelOfDetail
 MIN_AREA = 1.0  # a refined polygon smaller than this (px^2) is a collapse: keep the user's one
 
@@ -75,7 +77,22 @@ def bind_review(layer: Any, keys: dict[str, Callable[[], Any]], category: str) -
         defaults[INDEX] = -1  # a hand-drawn shape, new to the full set
     ensure_features(layer, defaults)
     layer.events.data.connect(keep_status_colours)  # the same callback is connected only once
+    layer.events.data.connect(accept_edited)
     show_swatch(layer)
+
+
+def accept_edited(event: Any) -> None:
+    """``layer.events.data`` callback: a proposed shape the user reshapes or moves becomes
+    accepted, so a re-run keeps it (``proposals.replace_proposals``) and learns from it."""
+    layer = event.source
+    if event.action != "changed" or layer.metadata.get(UPDATING) or LOD_KEY in layer.metadata \
+            or "status" not in layer.features:
+        return
+    status = layer.features["status"].to_numpy()
+    idx = [int(i) for i in event.data_indices if 0 <= int(i) < len(status)]
+    idx = [i for i in idx if status[i] == "proposed"]
+    if idx:
+        set_status(layer, idx, "accepted")
 
 
 class ResultLayer:
@@ -112,7 +129,35 @@ class ResultLayer:
             lod = self._to_level_of_detail(threshold)
         if lod is not None:
             return lod.add(inst, replace_category=replace_category)
-        return add_instances(self.layer, inst, plane, threshold, replace_category=replace_category)
+        self.layer.metadata[UPDATING] = True  # not the user's edits (accept_edited)
+        try:
+            return add_instances(self.layer, inst, plane, threshold,
+                                 replace_category=replace_category)
+        finally:
+            self.layer.metadata.pop(UPDATING, None)
+
+    def reviewed(self, category: str, plane: Sequence[float] = ()
+                 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """((boxes, scores) accepted, (boxes, scores) rejected) of ``category`` on ``plane``,
+        hidden shapes included: what a re-run learns from (``proposals.choose_references``)."""
+        lod = self.lod
+        if lod is not None:
+            full = lod.instances()
+            boxes, scores = np.asarray(full.boxes, float).reshape(-1, 4), full.scores
+            status, cats = full.status, np.asarray(full.category_names, dtype=object)
+        else:
+            data, _, feats = all_shapes(self.layer)
+            on = [i for i, v in enumerate(data)
+                  if np.allclose(np.asarray(v)[0, :-2], plane[:np.asarray(v).shape[1] - 2])]
+            boxes = np.array([rectangle_to_box(data[i]) for i in on]).reshape(-1, 4)
+            pick = feats.iloc[on] if len(feats) else feats
+            scores = pd.to_numeric(pick.get("score", pd.Series(1.0, index=pick.index)),
+                                   errors="coerce").fillna(1.0).to_numpy()
+            status = pick["status"].to_numpy() if "status" in pick else np.array([], object)
+            cats = pick["category"].to_numpy() if "category" in pick else np.array([], object)
+        same = cats == category
+        acc, rej = same & (status == "accepted"), same & (status == "rejected")
+        return (boxes[acc], scores[acc]), (boxes[rej], scores[rej])
 
     def add_more(self, inst: Instances, plane: Sequence[float] = (), threshold: float = 0.0,
                  category: str = "object") -> int:

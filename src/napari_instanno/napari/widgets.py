@@ -42,10 +42,12 @@ from .layers import GEOREF, rectangle_to_box
 from .prompts import (
     displayed_plane,
     reference_box,
+    reference_boxes,
     reference_layer,
     runs_tiled,
     selected_rectangles,
 )
+from .proposals import choose_references
 from .result_layer import ResultLayer, bind_review, result_shapes
 from .stack_layers import review_tracks, show_tracks, stack_of, summary
 from .widget_api import WidgetAPI
@@ -204,15 +206,19 @@ class FindSimilarWidget(WidgetAPI, Container):
         if self._all_planes.value:
             return self.run_all_planes()
         plane, indices, key, names = self._context()
-        box = check_box(self.reference_box(), plane.shape[:2], "reference box")
         results = self._results()
         category = self._category_name()
+        # every reference rectangle, and what was accepted (positives) / rejected (negatives)
+        box, negatives = choose_references(reference_boxes(self._viewer),
+                                           *results.reviewed(category, indices), plane.shape[:2])
+        used = f"{len(box)} positive(s), {len(negatives)} negative(s)"
         tiled = runs_tiled(self.image_layer, plane)
         shown = float(self._threshold.value)  # outlined first; the rest when the slider goes down
 
         def work(report: Callable, cancelled: Callable) -> Instances:
             return self._annotators.find_similar(names, key, plane, box, category, tiled, report,
-                                                 cancelled, outline_threshold=shown)
+                                                 cancelled, outline_threshold=shown,
+                                                 negatives=negatives)
 
         def done(inst: Instances) -> None:
             flag = inst.properties.get("outlined")
@@ -220,8 +226,8 @@ class FindSimilarWidget(WidgetAPI, Container):
             n = results.add(inst[~later], indices, self._threshold.value, replace_category=category)
             self._pending = Pending(results, indices, key, names, plane, category, inst,
                                     shown) if later.any() else None
-            self._say(f"{n + int(later.sum())} '{category}' instances found; {results.shown()} "
-                      "shown")
+            self._say(f"{n + int(later.sum())} '{category}' instances found from {used}; "
+                      f"{results.shown()} shown")
             self._viewer.layers.selection.active = results.layer
             results.layer.mode = "select"
             self._outline_more(float(self._threshold.value))  # the slider moved meanwhile
