@@ -109,11 +109,10 @@ def _toast_line(record, qtbot) -> str:
     from qtpy.QtWidgets import QLabel
 
     toast = NapariQtNotification.from_notification(record)
-    qtbot.addWidget(toast)
     toast.show()
     qtbot.waitExposed(toast)
     shown = QLabel.text(toast.message)
-    toast.close()
+    toast.close()  # once: it stops its timer and animations (qtbot would close it a second time)
     return shown
 
 
