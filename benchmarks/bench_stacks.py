@@ -10,7 +10,8 @@ For each matcher / outliner pair and with re-seeding off and on: the lowest shar
 on a plane, the share found on every plane under one track id, extra instances, seconds per
 plane of the stack run (whole run / planes: reference, tracks and all), seconds of a
 single-image run (``set_image`` + ``find_similar``, the reference embedded on that plane) on
-the same planes, and their ratio; timings are the best of ``--repeat`` runs.
+the same planes, and their ratio; timings are the best of ``--repeat`` runs of each, taken in
+turns.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_stacks.py
     OMP_NUM_THREADS=1 python benchmarks/bench_stacks.py --models ncc/otsu --scenes drift
@@ -39,21 +40,26 @@ SCENES = {
 THRESHOLD = 0.3  # the widget's and the CLI's default
 
 
-def single_seconds(ann: Annotator, stack: np.ndarray, discs: list, repeat: int) -> float:
-    """Mean over the planes of the best of ``repeat`` single-image runs on each (its reference:
-    disc 0 there)."""
-    times = []
+def single_seconds(ann: Annotator, stack: np.ndarray, discs: list) -> float:
+    """Seconds per plane of single-image runs on every plane (each with its own reference: disc 0
+    there, embedded on that plane)."""
+    t0 = time.perf_counter()
     for k in range(len(stack)):
         (r, c), rad = discs[0].at(k)
-        box = np.array([c - rad - 2, r - rad - 2, c + rad + 2, r + rad + 2])
-        best = np.inf
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            ann.set_image(stack[k])
-            ann.find_similar(box, score_threshold=THRESHOLD)
-            best = min(best, time.perf_counter() - t0)
-        times.append(best)
-    return float(np.mean(times))
+        ann.set_image(stack[k])
+        ann.find_similar([c - rad - 2, r - rad - 2, c + rad + 2, r + rad + 2],
+                         score_threshold=THRESHOLD)
+    return (time.perf_counter() - t0) / len(stack)
+
+
+def stack_seconds(ann: Annotator, stack: np.ndarray, discs: list, reseed: bool) -> tuple:
+    """(seconds per plane of the whole stack run, its instances)."""
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inst = ann.find_similar_stack(stack, reference_box(discs[0]), 0,
+                                      score_threshold=THRESHOLD, reseed=reseed)
+    return (time.perf_counter() - t0) / len(stack), inst
 
 
 def main() -> None:
@@ -74,16 +80,12 @@ def main() -> None:
         for name in a.scenes:
             stack, discs = drifting_discs(**SCENES[name])
             planes = len(stack)
-            single = single_seconds(ann, stack, discs, a.repeat)
             for reseed in (False, True):
-                per_plane = np.inf
-                for _ in range(a.repeat):
-                    t0 = time.perf_counter()
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        inst = ann.find_similar_stack(stack, reference_box(discs[0]), 0,
-                                                      score_threshold=THRESHOLD, reseed=reseed)
-                    per_plane = min(per_plane, (time.perf_counter() - t0) / planes)
+                single = per_plane = np.inf
+                for _ in range(a.repeat):  # interleaved, so that both see the same load
+                    single = min(single, single_seconds(ann, stack, discs))
+                    seconds, inst = stack_seconds(ann, stack, discs, reseed)
+                    per_plane = min(per_plane, seconds)
                 s = score(inst, discs, planes)
                 print(f"{name:7} {pair:16} {str(reseed):6} {s.found.min():9.3f} "
                       f"{s.one_track:9.3f} {s.extra:5d} {per_plane:8.3f} {single:8.3f} "
