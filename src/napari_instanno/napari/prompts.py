@@ -12,6 +12,8 @@ from ..inference.policy import fits_in_memory
 from ._sample_data import REFERENCE
 from .layers import rectangle_to_box
 
+NO_REFERENCE = "no reference box: draw one around an object"  # short: a toast shows it whole
+
 
 def reference_layer(viewer: Any, image_layer: Any) -> Any:
     """The reference layer (created for ``image_layer`` if missing), selected, rectangle tool on."""
@@ -40,7 +42,7 @@ def reference_box(viewer: Any) -> np.ndarray:
     ref, selected = selected_rectangles(viewer)
     rects = [] if ref is None else [i for i, t in enumerate(ref.shape_type) if t == "rectangle"]
     if not rects:
-        raise InstannoError("no reference box: draw one around an object")
+        raise InstannoError(NO_REFERENCE)
     return rectangle_to_box(ref.data[(selected or rects)[-1]])
 
 
@@ -51,8 +53,7 @@ def reference_boxes(viewer: Any) -> np.ndarray:
     rects = [] if ref is None else [i for i, t in enumerate(ref.shape_type) if t == "rectangle"]
     rects = selected or rects
     if not rects:
-        raise InstannoError("no reference box: click 'Draw reference box' and drag a "
-                            "rectangle around one instance")
+        raise InstannoError(NO_REFERENCE)
     return np.stack([rectangle_to_box(ref.data[i]) for i in rects])
 
 
