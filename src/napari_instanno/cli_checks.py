@@ -132,8 +132,8 @@ def plane_shape(shape: tuple[int, ...], path: str | Path) -> tuple[int, ...]:
         return dims
     raise InstannoError(
         f"image {path} has shape {dims}: a 3D / time stack, not one 2D image (H, W) or (H, W, C) "
-        f"with at most {MAX_CHANNELS} channels; stacks are not supported yet: save one plane as a "
-        "2D image")
+        f"with at most {MAX_CHANNELS} channels: save one plane as a 2D image (instanno predict "
+        "runs every plane of a TIFF or zarr stack)")
 
 
 def image_file_shape(path: str | Path) -> tuple[int, ...]:
@@ -156,7 +156,8 @@ def image_file_shape(path: str | Path) -> tuple[int, ...]:
         raise InstannoError(f"image {path} is {what}; pass a PNG, JPEG, TIFF or zarr image") from None
     if frames > 1:
         raise InstannoError(f"image {path} holds {frames} frames: a stack or animation, not one 2D "
-                            "image; stacks are not supported yet: save one frame as a 2D image")
+                            "image: save it as a multi-page TIFF or one image per frame in a folder, "
+                            "which instanno predict runs plane by plane")
     return (h, w) if bands == 1 else (h, w, bands)
 
 
