@@ -160,3 +160,29 @@ def test_closing_the_viewer_during_a_job_is_quiet(qtbot, monkeypatch, slow_outli
     qtbot.waitUntil(lambda: bool(finished), timeout=TIMEOUT_MS)
     qtbot.wait(200)
     assert not _errors_since(n)
+
+
+def test_models_load_in_the_background_when_the_widget_opens(make_napari_viewer, qtbot,
+                                                              monkeypatch):
+    import threading
+
+    from napari_instanno.napari import annotators
+
+    built = []
+    real = annotators._build
+
+    def build(names):
+        built.append((names, threading.current_thread().name))
+        return real(names)
+
+    monkeypatch.setattr(annotators, "_build", build)
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-instanno", "nuclei")
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    qtbot.waitUntil(lambda: bool(built), timeout=TIMEOUT_MS)  # before any click
+    assert built == [(("ncc", "otsu"), "instanno-model-load")]  # once, for the final choice
+    assert widget.run() is not None
+    _wait(qtbot, widget)
+    assert len(built) == 1 and len(widget.result_layer().data) > 10  # the click reused it
