@@ -203,3 +203,20 @@ def test_box_to_polygon_on_an_outlined_instance_selects_it(nuclei):
     assert len(layer.data) == n and layer.selected_data == {3}  # no copy: the one there, selected
     assert len(ref.data) == 1  # the box was used up, the preset one stays
     assert widget._info.value == "0 polygon(s) added; 1 outlined already: selected"
+
+
+def test_a_drawn_box_beside_the_preset_one_the_info_line_says_what_was_used(nuclei):
+    from napari_instanno.napari.layers import box_to_rectangle, rectangle_to_box
+
+    viewer, widget, qtbot = nuclei
+    ref = viewer.layers["reference"]
+    x0, y0, x1, y1 = rectangle_to_box(ref.data[0])
+    ref.add_rectangles([box_to_rectangle([x0 - 100, y0, x1 - 100, y1])])  # the user's own box
+    ref.selected_data = set()
+    widget.run()
+    _finish(qtbot, widget)
+    assert "from 2 positive(s), 0 negative(s)" in widget._info.value  # both, and it says so
+    ref.selected_data = {1}
+    widget.run()
+    _finish(qtbot, widget)
+    assert "from 1 positive(s)" in widget._info.value  # only the selected one
