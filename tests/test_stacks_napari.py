@@ -77,3 +77,22 @@ def test_saved_coco_has_a_plane_per_image_and_loads_back_onto_the_planes(run_all
     planes = np.array([int(np.asarray(d)[0, 0]) for d in again.data])
     assert np.bincount(planes).tolist() == [20] * PLANES
     assert len(np.unique(again.features[TRACK])) == 20
+
+
+def test_the_file_reader_opens_a_stack_file_as_one_layer_at_the_planes(tmp_path):
+    from napari_instanno.inference.annotator import Annotator
+    from napari_instanno.io.coco import plane_items, write_coco
+    from napari_instanno.napari._reader import read_coco_layers, read_geojson_layer
+
+    stack, discs = drifting_discs(planes=4, n=9, size=96)
+    (r, c), rad = discs[0].at(0)
+    inst = Annotator(matcher="ncc", outliner="otsu", device="cpu").find_similar_stack(
+        stack, [c - rad - 2, r - rad - 2, c + rad + 2, r + rad + 2], score_threshold=0.5)
+    coco = write_coco(tmp_path / "s.json", plane_items(inst))
+    for layers in (read_coco_layers(str(coco)), read_geojson_layer(str(inst.to_geojson(
+            tmp_path / "s.geojson")))):
+        assert len(layers) == 1
+        data, kwargs, kind = layers[0]
+        planes = [int(d[0, 0]) for d in data]
+        assert kind == "shapes" and np.bincount(planes).tolist() == [9] * 4
+        assert len(np.unique(kwargs["features"][TRACK])) == 9

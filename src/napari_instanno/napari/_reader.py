@@ -41,16 +41,20 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
 
 
 def _layer(inst: Any, name: str) -> LayerData:
-    kwargs = instances_to_shapes(inst)
+    """A Shapes layer of ``inst``; a stack's instances (``plane``) each at its plane, in 3D."""
+    kwargs = instances_to_shapes(inst, (0,) if "plane" in inst.properties else ())
     return kwargs.pop("data"), {**kwargs, "name": name}, "shapes"
 
 
 def read_coco_layers(path: str) -> list[LayerData]:
-    """One polygon Shapes layer per image of a COCO file, named after the image."""
-    from ..io.coco import read_coco
+    """One polygon Shapes layer per image of a COCO file, named after the image; a stack's
+    file (images with a ``plane``) is one layer, each shape at its plane."""
+    from ..io.coco import join_planes, read_coco
 
     entries = read_coco(path)
     stem = Path(path).stem
+    if any("plane" in info for info, _ in entries):
+        return [_layer(join_planes(entries), stem)]
     return [_layer(inst, Path(info["file_name"]).stem if "file_name" in info else stem)
             for info, inst in entries]
 
