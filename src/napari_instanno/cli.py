@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"keep matches scoring at least this (default {DEFAULT_MIN_SCORE})")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _model_args(pr)
+    pr.add_argument("--models", default=None,
+                    help="a model folder (instanno train matcher --from) instead of the shipped weights")
     pr.add_argument("--level", type=int, default=0, help="multiscale level to read")
     side = int(IN_MEMORY_PIXELS ** 0.5)
     tiles = pr.add_argument_group(f"large images (tiled; automatic above {side}x{side} pixels)")
@@ -78,7 +80,12 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a model from a config file")
     tr.add_argument("model", choices=("matcher", "contour"))
-    tr.add_argument("--config", required=True)
+    tr.add_argument("--config", default=None, help="a training recipe (configs/)")
+    tr.add_argument("--from", dest="from_", default=None, metavar="ANNOTATIONS.json",
+                    help="fine-tune the shipped matcher on your COCO annotations instead")
+    tr.add_argument("--images", default=None, help="with --from: the folder of its images")
+    tr.add_argument("--out", default=None, help="with --from: a new model folder to write")
+    tr.add_argument("--steps", type=int, default=None, help="with --from: training steps")
     tr.add_argument("--device", default=None)
     tr.add_argument("--no-resume", action="store_true", help="start over, ignoring checkpoints")
 
@@ -144,7 +151,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     large = not fits_in_memory((h, w))
     tiled = large or any(v is not None for v in (a.tile_size, a.batch_size, a.scheduler,
                                                   a.checkpoint, a.table))
-    ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device)
+    ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device, models=a.models)
     if a.box is not None:
         poly = _outline_one(ann, opened.data, box, large)
         inst = Instances(polygons=[poly], categories={1: a.category})
@@ -196,6 +203,19 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    if a.from_ is not None:
+        from .training.finetune import STEPS, finetune_matcher
+
+        if a.model != "matcher" or a.images is None or a.out is None:
+            raise InstannoError("fine-tuning is `instanno train matcher --from ANNOTATIONS.json "
+                                "--images DIR --out MODEL_DIR`")
+        cli_checks.device(a.device)
+        path = finetune_matcher(a.from_, a.images, a.out, a.steps or STEPS, a.device)
+        print(f"weights -> {path}; use them with --models {a.out}")
+        return 0
+    if a.config is None:
+        raise InstannoError("train needs --config RECIPE, or --from ANNOTATIONS.json --images DIR "
+                            "--out MODEL_DIR")
     cli_checks.check_train(a)
     if a.model == "matcher":
         from .training.train_matcher import train

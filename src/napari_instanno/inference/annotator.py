@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,12 +46,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _build(kind: str, name: str | None, device: str, **kwargs: Any) -> Any:
+def _build(kind: str, name: str | None, device: str, models: Any = None, **kwargs: Any) -> Any:
     from ..models.weights import shipped_path
 
     table = MATCHERS if kind == "matcher" else OUTLINERS
+    own = Path(models) / f"{WEIGHTS[kind]}.safetensors" if models is not None else None
+    if own is not None and own.is_file():
+        kwargs["weights"] = own  # baselines ignore it
     if name is None:
-        name = DEFAULT[kind] if shipped_path(WEIGHTS[kind]) else FALLBACK[kind]
+        name = DEFAULT[kind] if "weights" in kwargs or shipped_path(WEIGHTS[kind]) else FALLBACK[kind]
         if name == FALLBACK[kind]:
             warnings.warn(f"no shipped {kind} weights found; using the {name!r} baseline",
                           stacklevel=3)
@@ -73,14 +77,19 @@ class Annotator:
     off its domain: ``inference.guard``; the default when weights ship), ``"learned"``, ``"ncc"``
     or ``"cosine"``; a guarded result says which path found it in ``properties["matched_by"]``.
     ``outliner`` is ``"learned"``, ``"otsu"`` or ``"ellipse"``. Boxes are (x0, y0, x1, y1) in
-    pixels; polygons come back as (row, col) arrays (see ``geometry``).
+    pixels; polygons come back as (row, col) arrays (see ``geometry``). ``models``: a folder
+    of weights (``training.finetune``) used instead of the shipped ones where it has them.
     """
 
     def __init__(self, matcher: str | None = None, outliner: str | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, models: str | Path | None = None) -> None:
         self.device = device or default_device()
-        self.matcher: Matcher = _build("matcher", matcher, self.device)
-        self.outliner: Outliner = _build("outliner", outliner, self.device)
+        if models is not None and not any((Path(models) / f"{w}.safetensors").is_file()
+                                          for w in WEIGHTS.values()):
+            raise InstannoError(f"models folder {models} holds no matcher.safetensors or "
+                                "contour.safetensors; make one with `instanno train matcher --from`")
+        self.matcher: Matcher = _build("matcher", matcher, self.device, models)
+        self.outliner: Outliner = _build("outliner", outliner, self.device, models)
         self.image_shape: tuple[int, int] | None = None
         self._rgb: np.ndarray | None = None
         self._ready: set[str] = set()
