@@ -348,8 +348,9 @@ def test_cli_stack_tiff_with_axes_writes_one_coco_image_per_plane(tmp_path, caps
     assert main(["predict", str(tmp_path / "t.tif"), "--axes", "YXT", "--ref-plane", "1",
                  "--ref-box", *_xywh(reference_box(DISCS[0])), "--out", str(out), *FAST]) == 0
     captured = capsys.readouterr()
-    assert "5/5" in captured.err and "plane/s" in captured.err  # the progress bar, with its rate
-    assert "in 20 track(s) on 5 of 5 planes" in captured.out
+    bar = captured.err  # the progress bar: planes done, elapsed<remaining (ETA), the rate
+    assert "5/5 [" in bar and "<" in bar and ("plane/s" in bar or "s/plane" in bar)
+    assert "100 instance(s) in 20 track(s) over 5 planes" in captured.out
     data = json.loads(out.read_text())
     assert [(im["plane"], im["file_name"], im["height"]) for im in data["images"]] == [
         (k, "t.tif", 192) for k in range(5)]
@@ -398,10 +399,10 @@ def test_cli_series_skips_unreadable_files_with_one_warning(tmp_path, capsys):
     captured = capsys.readouterr()
     warned = [ln for ln in captured.err.splitlines() if "warning" in ln]
     assert len(warned) == 1 and "skipped 1 plane(s) that could not be read: t2.png" in warned[0]
-    assert "on 3 of 4 planes" in captured.out
+    assert "3 of 4 planes done" in warned[0] and "60 instance(s) in 20 track(s)" in captured.out
 
 
-def test_cli_4d_stack_without_axes_is_one_line(tmp_path, capsys):
+def test_cli_4d_stack_without_axes_is_one_line_and_file_axes_are_used(tmp_path, capsys):
     import tifffile
 
     from napari_instanno.cli import main
@@ -413,3 +414,12 @@ def test_cli_4d_stack_without_axes_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has 4 dimensions (3, 2, 64, 64): say which axis is which" in err[0]
     assert main([*argv, "--axes", "TCYX"]) == 0  # two channels, three time points
+    capsys.readouterr()
+    tifffile.imwrite(tmp_path / "ij.tif", np.zeros((3, 2, 64, 64), np.uint8), imagej=True,
+                     metadata={"axes": "TCYX"})  # the file says its axes: no --axes needed
+    assert main([*argv[:1], str(tmp_path / "ij.tif"), *argv[2:], "--overwrite"]) == 0
+    assert "over 3 planes" in capsys.readouterr().out
+    Image.fromarray(STACK[0]).save(tmp_path / "one.png")
+    assert main([*argv[:1], str(tmp_path / "one.png"), *argv[2:], "--ref-plane", "1",
+                 "--overwrite"]) == 2
+    assert "one.png is one 2D image, not a stack" in capsys.readouterr().err

@@ -112,9 +112,7 @@ def predict_stack(a: argparse.Namespace, make_progress: Callable[[], Any]) -> in
         progress.close()
     write_stack(a, inst, planes)
     tracks = len(np.unique(inst.properties.get("track_id", np.zeros(0))))
-    done = len(np.unique(inst.properties["plane"]))
-    print(f"{len(inst)} instance(s) in {tracks} track(s) on {done} of {len(planes)} planes "
-          f"-> {a.out}")
+    print(f"{len(inst)} instance(s) in {tracks} track(s) over {len(planes)} planes -> {a.out}")
     return status
 
 

@@ -142,6 +142,9 @@ def open_stack(path: str | Path, axes: str | None = None, level: int = 0) -> Pla
     path = Path(path)
     if not path.exists():
         raise InstannoError(f"stack {path} does not exist; check the path")
+    if path.is_file() and not path.name.lower().endswith(TIFF_SUFFIXES + ZARR_SUFFIXES):
+        raise InstannoError(f"{path} is one 2D image, not a stack: stacks are TIFF or zarr files, "
+                            "or a folder or glob of images")
     try:
         if path.name.lower().endswith(TIFF_SUFFIXES):
             import tifffile
@@ -157,9 +160,13 @@ def open_stack(path: str | Path, axes: str | None = None, level: int = 0) -> Pla
         raise
     except Exception as err:
         raise InstannoError(f"cannot read stack {path}: {err}") from err
-    if axes is None and found is not None and len(found) == data.ndim and data.ndim > 3:
-        axes = found
-    return array_planes(data, axes, path.name)
+    if axes is not None or found is None or len(found) != data.ndim:
+        return array_planes(data, axes, path.name)
+    try:
+        return array_planes(data, found, path.name)
+    except InstannoError as err:
+        raise InstannoError(f"{path.name}: {err} (its axes, {found}, from the file's metadata; "
+                            "pass --axes to say otherwise)") from None
 
 
 def _natural(name: str) -> list:
