@@ -423,3 +423,14 @@ def test_cli_4d_stack_without_axes_is_one_line_and_file_axes_are_used(tmp_path, 
     assert main([*argv[:1], str(tmp_path / "one.png"), *argv[2:], "--ref-plane", "1",
                  "--overwrite"]) == 2
     assert "one.png is one 2D image, not a stack" in capsys.readouterr().err
+
+
+def test_link_tracks_on_thousands_of_instances_a_plane():
+    rng = np.random.default_rng(0)
+    grid = np.array([(x, y) for x in range(0, 1200, 20) for y in range(0, 1200, 20)], float)
+    drift = rng.uniform(-2, 2, grid.shape)
+    planes = np.repeat(np.arange(4), len(grid))
+    geoms = [_square(*(p + drift[i] * t)) for t in range(4) for i, p in enumerate(grid)]
+    ids = link_tracks(planes, geoms)
+    assert len(grid) == 3600 and len(np.unique(ids)) == len(grid)
+    assert (ids.reshape(4, -1) == ids[:len(grid)]).all()  # each square keeps its id
