@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -405,3 +406,24 @@ def test_demo_shows_no_overlapping_or_nested_pair(tmp_path):
             inter = polys[i].intersection(polys[j]).area
             assert inter <= DUPLICATE_IOU * polys[i].union(polys[j]).area
             assert inter <= NESTED_SHARE * min(polys[i].area, polys[j].area)
+
+
+def test_a_bad_command_fails_before_the_heavy_libraries_load(tmp_path):
+    """What makes a fresh `instanno` with a bad argument answer in about a second: neither torch
+    nor scipy / scikit-image / shapely is imported before the arguments are checked."""
+    import subprocess
+    import sys
+
+    import napari_instanno
+
+    png = Path(napari_instanno.__file__).parent / "sample_data" / "nuclei.png"
+    heavy = "[m for m in ('torch', 'scipy', 'skimage', 'shapely') if m in sys.modules]"
+    for image, device, message in [(tmp_path / "nope.png", "cpu", "does not exist; check the path"),
+                                   (png, "bogus", "--device 'bogus' is not a device")]:
+        code = ("import sys\nfrom napari_instanno.cli import main\n"
+                f"rc = main(['predict', {str(image)!r}, '--ref-box', '1', '1', '5', '5', '--out', "
+                f"{str(tmp_path / 'o.json')!r}, '--device', {device!r}])\nprint(rc, {heavy})")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120)
+        assert run.stdout.split("\n")[0] == "2 []", run.stdout + run.stderr
+        assert message in run.stderr

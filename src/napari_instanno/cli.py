@@ -13,7 +13,7 @@ import numpy as np
 
 from . import cli_checks, cli_stacks
 from .errors import InstannoError
-from .inference.annotator import DEFAULT_MIN_SCORE
+from .inference.components import DEFAULT_MIN_SCORE
 from .inference.policy import IN_MEMORY_PIXELS, fits_in_memory
 
 
@@ -138,13 +138,13 @@ def _outline_one(ann: object, data: object, box: np.ndarray, large: bool) -> np.
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from .inference.annotator import Annotator
-    from .instances import Instances
-    from .io.images import open_image
-
     if cli_stacks.is_stack_run(a):
         return cli_stacks.predict_stack(a, lambda: tqdm_progress("planes", "plane"))
     shape, box, negatives = cli_checks.check_predict(a)
+    from .inference.annotator import Annotator  # only now: a bad argument fails without these
+    from .instances import Instances
+    from .io.images import open_image
+
     fmt = a.format or ("geojson" if a.out.lower().endswith((".geojson", ".geo.json")) else "coco")
     opened = open_image(a.image, level=a.level)
     h, w = shape[:2]
@@ -187,9 +187,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    cli_checks.check_evaluate(a)
     from .training.evaluate import evaluate_box2poly, evaluate_oneshot, format_table
 
-    cli_checks.check_evaluate(a)
     if a.mode == "oneshot":
         res = evaluate_oneshot(a.dataset, a.matcher, a.outliner, a.max_images, a.device)
     else:
@@ -227,12 +227,12 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    cli_checks.check_demo(a)
     from .inference.annotator import Annotator
     from .io.coco import write_coco
     from .io.overlay import save_overlay
     from .samples import CATEGORIES, nuclei_sample
 
-    cli_checks.check_demo(a)
     image, ref_box = nuclei_sample()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

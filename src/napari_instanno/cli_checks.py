@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InstannoError
 from .image import check_box
-from .inference.references import check_references
 
 MAX_CHANNELS = 16  # an (H, W, C) image with more "channels" than this is taken for a 3D / time stack
 
@@ -98,29 +98,31 @@ def component(kind: str, name: str | None, table: dict[str, str]) -> None:
         raise InstannoError(f"--{kind} {name!r} is unknown; choose one of {', '.join(sorted(table))}")
 
 
+DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")  # the devices a run can use
+
+
 def device(spec: str | None) -> None:
-    """``spec`` is None (the default: cuda when usable) or a torch device present on this machine;
-    asks torch without loading any model."""
+    """``spec`` is None (the default: cuda when usable) or a device present on this machine: the
+    spelling is checked first, then torch is asked (cuda, mps) without loading any model."""
     if spec is None:
+        return
+    found = DEVICE.fullmatch(spec)
+    if found is None:
+        raise InstannoError(f"--device {spec!r} is not a device; use cpu, cuda or cuda:N")
+    kind, index = found.group(1), found.group(2)
+    if kind == "cpu":
         return
     import torch
 
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, TypeError, ValueError):
-        raise InstannoError(f"--device {spec!r} is not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
+    if kind == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
             raise InstannoError(f"--device {spec}: no CUDA GPU is usable here; use --device cpu")
-        if dev.index is not None and dev.index >= n:
+        if index is not None and int(index[1:]) >= n:
             raise InstannoError(f"--device {spec}: this machine has {n} CUDA device(s), "
                                 f"cuda:0 to cuda:{n - 1}")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise InstannoError(f"--device {spec}: Apple's MPS is not usable here; use --device cpu")
-    elif dev.type != "cpu":
-        raise InstannoError(f"--device {spec}: only cpu, cuda and mps are supported")
+    elif not torch.backends.mps.is_available():
+        raise InstannoError(f"--device {spec}: Apple's MPS is not usable here; use --device cpu")
 
 
 def plane_shape(shape: tuple[int, ...], path: str | Path) -> tuple[int, ...]:
@@ -203,26 +205,29 @@ def check_predict(a: argparse.Namespace) -> tuple[tuple[int, ...], np.ndarray, n
         box = np.stack([box_xywh(v, "--ref-box") for v in a.ref_box])
     else:
         box = box_xywh(a.box, "--box")
-    _models(a)
     shape = image_shape(a.image, a.level)
+    device(a.device)
+    _models(a)
     if a.ref_box is not None:
+        from .inference.references import check_references
+
         check_references(box, negatives, shape[:2])
     else:
         check_box(box, shape[:2], "--box")
-    device(a.device)
     return shape, box, negatives
 
 
 def check_evaluate(a: argparse.Namespace) -> None:
     """Every argument of ``instanno evaluate``, and the dataset: its annotations (checked field by
     field by ``io.coco.ground_truth``) and the header of each image they name."""
-    from .io.coco import ground_truth
-
     folder = input_folder(a.dataset, "dataset")
     positive(a.max_images, "--max-images")
     if a.json is not None:
         output_file(a.json, a.overwrite, "--json")
+    device(a.device)
     _models(a)
+    from .io.coco import ground_truth
+
     annotations = folder / "annotations.json"
     if not annotations.is_file():
         raise InstannoError(f"dataset {folder} has no annotations.json; a COCO folder holds "
@@ -232,14 +237,13 @@ def check_evaluate(a: argparse.Namespace) -> None:
             image_shape(folder / img["file_name"])
         except InstannoError as err:
             raise InstannoError(f"{annotations}: {err}") from None
-    device(a.device)
 
 
 def check_demo(a: argparse.Namespace) -> None:
     """Every argument of ``instanno demo``."""
     output_folder(a.out, "--out")
-    _models(a)
     device(a.device)
+    _models(a)
 
 
 def check_train(a: argparse.Namespace) -> None:

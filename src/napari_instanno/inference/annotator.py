@@ -14,6 +14,7 @@ from ..geometry import ellipse_polygon, polygon_box
 from ..image import check_box, clip_boxes, to_rgb01
 from ..instances import Instances
 from .adapt import ADAPT_BY_DEFAULT, find_adapted
+from .components import DEFAULT_MIN_SCORE as DEFAULT_MIN_SCORE  # re-exported
 from .components import Matcher, Outliner
 from .duplicates import duplicates_suppressed
 from .guard import label_method
@@ -36,7 +37,6 @@ WEIGHTS = {"matcher": "matcher", "outliner": "contour"}
 DEFAULT = {"matcher": "guarded", "outliner": "learned"}  # when the weights ship (guard.py)
 FALLBACK = {"matcher": "ncc", "outliner": "otsu"}
 STAND_IN_VERTICES = 16  # the ellipse standing in for a candidate not outlined yet
-DEFAULT_MIN_SCORE = 0.3  # what the widget shows and predict / demo keep by default; the API keeps all
 
 
 def default_device() -> str:

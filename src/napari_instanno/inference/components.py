@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+DEFAULT_MIN_SCORE = 0.3  # what the widget shows and predict / demo keep by default; the API keeps all
+
 
 def upscale_factor(matcher: Any, box: np.ndarray) -> float:
     """How much ``matcher`` upscales the image for reference ``box`` (1 unless it has
