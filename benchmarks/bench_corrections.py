@@ -162,6 +162,23 @@ def run_folder(folder: Path, method: str, rounds: int, max_images: int | None,
     return row
 
 
+def adapt_timing(device: str, repeats: int = 3) -> dict:
+    """Seconds that adaptation adds on a 1024² image (the nuclei sample tiled 4 x 4), with 3
+    positives and 2 negatives, features already cached (as after a first run)."""
+    from napari_instanno.samples import nuclei_sample
+
+    image, ref = nuclei_sample()
+    big = np.tile(image, (4, 4) + (1,) * (image.ndim - 2))
+    ann = Annotator(matcher="learned", outliner="ellipse", device=device).set_image(big)
+    first = ann.find_similar(ref, score_threshold=SHOWN)
+    pos, neg = [ref, *first.boxes[[5, 9]]], first.boxes[[-1, -2]]
+    out = []
+    for _ in range(repeats):
+        ann.find_similar(pos, neg, score_threshold=SHOWN, adapt=True)
+        out.append(ann.last_adaptation["seconds"])
+    return {"image": list(big.shape[:2]), "adapt_seconds": out}
+
+
 def table(rows: list[dict]) -> str:
     head = ("| folder | method | images | AP50 r0 / r1 / r3 / r5 | F1@50 r0 / r1 / r3 / r5 "
             "| actions / instance | adapt s (mean / max) |")
@@ -185,10 +202,15 @@ def main() -> None:
     p.add_argument("--max-images", type=int, default=None, help="first N images of each folder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--adapt-timing", action="store_true",
+                   help="only time adaptation on a 1024x1024 image")
     a = p.parse_args()
     import torch
 
     torch.set_num_threads(1)
+    if a.adapt_timing:
+        print(json.dumps(adapt_timing(a.device)))
+        return
     rows = []
     for folder in a.folders:
         for method in a.methods:

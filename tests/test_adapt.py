@@ -58,3 +58,14 @@ def test_ncc_has_nothing_to_adapt():
     refs = embed_references(matcher, np.stack([ref, ref + 40]), np.zeros((0, 4)))
     *_, report = find_adapted(matcher, refs)
     assert report == {}
+
+
+def test_a_set_of_references_is_embedded_at_one_scale(nuclei):
+    ann, ref, _ = nuclei
+    matcher = ann._component("matcher")
+    small = np.array([ref[0], ref[1], ref[0] + 10, ref[1] + 10])
+    large = np.array([100, 100, 130, 130.0])
+    assert matcher.scale_for(small) != matcher.scale_for(large)
+    refs = embed_references(matcher, np.stack([small, large, ref]), np.zeros((0, 4)))
+    assert len({r["scale"] for r in refs.positives}) == 1
+    assert "scale_for" not in vars(matcher)  # the method is back

@@ -11,7 +11,8 @@ like a single reference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,8 @@ CONFLICT_IOU = 0.5  # a negative this close to a positive is the same object: a 
 # scores a rejected near-miss (a box half on a nucleus) about as high as the positives on every
 # nucleus, and without a margin such a negative drops true matches at random
 NEGATIVE_MARGIN = 0.2
-MAX_SIZE_RATIO = 6.0  # the largest positive's side over the smallest's (geometric mean sides)
+MAX_SIZE_RATIO = 6.0
+POOLING = "max"  # the largest positive's side over the smallest's (geometric mean sides)
 
 
 def as_boxes(boxes: Any, what: str) -> np.ndarray:
@@ -116,14 +118,34 @@ def agree_on_method(refs: ReferenceSet) -> ReferenceSet:
     return refs
 
 
-def embed_references(embed: Any, boxes: np.ndarray, negative_boxes: np.ndarray) -> ReferenceSet:
+def embed_references(embed: Any, boxes: np.ndarray, negative_boxes: np.ndarray,
+                     matcher: Any = None) -> ReferenceSet:
     """The references of each box: ``embed`` is a matcher (its current image) or a function of
-    one box giving its reference."""
+    one box giving its reference (``matcher``: the one it uses). All are embedded at the scale
+    ``matcher`` picks for the median positive (``one_scale``)."""
     one = getattr(embed, "embed_reference", embed)
-    refs = ReferenceSet([one(b) for b in boxes], [one(b) for b in negative_boxes],
-                        np.asarray(boxes, float).reshape(-1, 4),
-                        np.asarray(negative_boxes, float).reshape(-1, 4))
+    with one_scale(embed if matcher is None else matcher, boxes):
+        refs = ReferenceSet([one(b) for b in boxes], [one(b) for b in negative_boxes],
+                            np.asarray(boxes, float).reshape(-1, 4),
+                            np.asarray(negative_boxes, float).reshape(-1, 4))
     return agree_on_method(refs)
+
+
+@contextmanager
+def one_scale(matcher: Any, boxes: np.ndarray) -> Iterator[None]:
+    """Inside the block, a matcher that rescales the image for each reference (``scale_for``,
+    the learned one, also behind a guard) uses the scale of the median box of ``boxes`` for
+    every box: one feature pass serves the whole set instead of one per scale."""
+    learned = getattr(matcher, "learned", matcher)
+    if len(boxes) < 2 or not callable(getattr(learned, "scale_for", None)):
+        yield
+        return
+    common = float(learned.scale_for(representative(boxes)))
+    learned.scale_for = lambda _box: common  # an instance attribute, shadowing the method
+    try:
+        yield
+    finally:
+        del learned.scale_for
 
 
 def pool(positive: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -137,6 +159,13 @@ def pool(positive: Sequence[tuple[np.ndarray, np.ndarray]],
                             [np.zeros(0)])
     keep = nms(boxes, scores, nms_iou)
     boxes, scores = boxes[keep], scores[keep]
+    if POOLING == "mean" and len(positive) > 1 and len(boxes):
+        per = []
+        for b, sc in positive:  # each reference's score at each candidate (0 where it misses)
+            b, sc = np.asarray(b, float).reshape(-1, 4), np.asarray(sc, float).reshape(-1)
+            per.append(np.where(box_iou(boxes, b) >= SAME_PLACE, sc[None], 0.0).max(1)
+                       if len(b) else np.zeros(len(boxes)))
+        scores = np.mean(per, axis=0)
     if len(boxes) and len(negative):
         nb = np.concatenate([np.asarray(b, float).reshape(-1, 4) for b, _ in negative])
         ns = np.concatenate([np.asarray(s, float).reshape(-1) for _, s in negative])

@@ -149,7 +149,8 @@ def find_similar_tiled(
     try:
         if pending:
             job.warm_models = copy.deepcopy((matcher, outliner))
-            job.reference = (embed_references(lambda b: embed_reference(job, tiles, b), boxes, neg)
+            job.reference = (embed_references(lambda b: embed_reference(job, tiles, b), boxes, neg,
+                                              job.warm_models[0])
                              if several else embed_reference(job, tiles, box))
 
             def on_outcomes(outs: list[Outcome]) -> bool:
