@@ -96,3 +96,24 @@ def test_the_file_reader_opens_a_stack_file_as_one_layer_at_the_planes(tmp_path)
         planes = [int(d[0, 0]) for d in data]
         assert kind == "shapes" and np.bincount(planes).tolist() == [9] * 4
         assert len(np.unique(kwargs["features"][TRACK])) == 9
+
+
+def test_a_rerun_on_one_plane_replaces_that_plane_only():
+    from napari.layers import Shapes
+
+    from napari_instanno.instances import Instances
+    from napari_instanno.napari.layers import add_instances, set_status
+
+    square = np.array([[10.0, 10.0], [10.0, 20.0], [20.0, 20.0], [20.0, 10.0]])
+    stack = Instances(polygons=[square] * 3, categories={1: "cell"},
+                      properties={"plane": np.arange(3), TRACK: np.zeros(3, np.int64)})
+    layer = Shapes(ndim=3)
+    add_instances(layer, stack, (0,), replace_category="cell")
+    set_status(layer, [0], "accepted")  # plane 0's square
+    again = Instances(polygons=[square + 0.5], categories={1: "cell"}, scores=[0.9])
+    add_instances(layer, again, (1,), replace_category="cell")  # a new run on plane 1
+    planes = sorted(int(np.asarray(d)[0, 0]) for d in layer.data)
+    assert planes == [0, 1, 2]  # planes 0 and 2 untouched; plane 1's proposal replaced, not
+    assert sorted(layer.features["score"].tolist()) == [0.9, 1.0, 1.0]  # blocked by plane 0's
+    add_instances(layer, again, (0,), replace_category="cell")  # on plane 0: the accepted stays
+    assert sorted(int(np.asarray(d)[0, 0]) for d in layer.data) == [0, 1, 2]

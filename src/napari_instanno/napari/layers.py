@@ -41,6 +41,7 @@ RING_DEFAULTS = {GROUP: -1, ROLE: "part"}  # a shape drawn by hand: an instance 
 HOLE_FACE = (0.0, 0.0, 0.0, 0.4)
 TRACK = "track_id"  # feature column of a stack's shapes (inference.stacks)
 OWN_DEFAULTS = {**RING_DEFAULTS, TRACK: -1}  # ... and a shape drawn by hand has no track
+PLANE_APART = 1e7  # px: re-runs compare boxes plane by plane, as if the planes lay this far apart
 
 
 def status_colors(status: Sequence[str]) -> np.ndarray:
@@ -356,14 +357,19 @@ def add_instances(layer: Any, inst: Instances, plane: Sequence[float] = (), thre
     """Add ``inst`` to a result layer, rebuilding it in one call; returns how many were added.
 
     With ``replace_category``, earlier proposals of that category are replaced
-    (``proposals.replace_proposals``). Shapes scoring below ``threshold`` are stashed.
+    (``proposals.replace_proposals``), on a stack only on the planes ``inst`` goes to, each
+    compared with its own plane's shapes. Shapes scoring below ``threshold`` are stashed.
     """
     data, types, feats = all_shapes(layer)
     if replace_category is not None and len(feats):
+        old = np.array([float(np.asarray(d)[0, 0]) if len(plane) else 0.0 for d in data])
+        new = np.array([float(w[0]) if len(w) else 0.0 for w in _planes(inst, plane)])
+        apart = PLANE_APART * np.array([1.0, 0.0, 1.0, 0.0])  # boxes of two planes never meet
+        cats = feats["category"].where(np.isin(old, new), None)  # other planes: untouched
         keep_old, keep_new = replace_proposals(
-            feats["category"], feats["status"],
-            lambda idx: np.stack([rectangle_to_box(data[i]) for i in idx]),
-            polygon_boxes(inst), replace_category)
+            cats, feats["status"],
+            lambda idx: np.stack([rectangle_to_box(data[i]) for i in idx]) + old[idx, None] * apart,
+            polygon_boxes(inst) + new[:, None] * apart, replace_category)
         keep = np.flatnonzero(keep_old)
         data, types, feats = [data[i] for i in keep], [types[i] for i in keep], feats.iloc[keep]
         inst = inst[np.flatnonzero(keep_new)]
