@@ -187,8 +187,8 @@ def find_similar_stack(
     (x0, y0, x1, y1) box or a sequence of them on plane ``ref_plane``, or on ``ref_image`` (an
     array or image path) when given (a series whose reference is another image); ``negatives``:
     boxes there of things not wanted (``references``; their places are left out on that plane).
-    ``reseed``: also match each plane with its neighbour's most confident instances (module
-    docstring). Tracks: Hungarian assignment on polygon IoU >= ``min_iou``, an object may be
+    ``reseed``: also match each plane with the reference objects as found on the plane before
+    (module docstring). Tracks: Hungarian assignment on polygon IoU >= ``min_iou``, an object may be
     missed on ``gap`` planes; planes of different sizes (a series) are not linked (each instance
     is its own track, with a warning). ``progress(done, total)`` after each plane; ``cancel()``
     is checked between planes and stops with the finished ones (a warning says so), as does
