@@ -44,7 +44,7 @@ def main() -> None:
     import napari
 
     from napari_instanno.napari.large_layers import LevelOfDetail, camera
-    from napari_instanno.napari.layers import instances_to_shapes
+    from napari_instanno.napari.shapes_data import instances_to_shapes
 
     viewer = napari.Viewer(show=False)
     viewer.window.resize(1200, 900)

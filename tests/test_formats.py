@@ -339,7 +339,7 @@ def test_sentinel2_fields_with_holes_and_parts_come_back_whole(shared_data, tmp_
                            transform=transform, crs=crs)
     (_, back_coco), = read_coco(inst.to_coco(tmp_path / "f.json", image={
         "file_name": "images/RGB_small.tif", "height": size[0], "width": size[1]}))
-    from napari_instanno.napari.layers import instances_to_shapes, shapes_to_instances
+    from napari_instanno.napari.shapes_data import instances_to_shapes, shapes_to_instances
 
     kw = instances_to_shapes(inst)  # what the viewer shows: one shape per ring
     back_shapes = shapes_to_instances(kw["data"], kw["shape_type"], kw["features"])

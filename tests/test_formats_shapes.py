@@ -9,14 +9,11 @@ from hypothesis import given
 from shapely.geometry import MultiPolygon, Polygon
 
 from napari_instanno import Instances
-from napari_instanno.napari.layers import (
-    GROUP,
+from napari_instanno.napari.layers import GROUP, ROLE, add_instances, set_status
+from napari_instanno.napari.shapes_data import (
     HOLE_FACE,
-    ROLE,
-    add_instances,
     instances_to_shapes,
     layer_to_instances,
-    set_status,
     shapes_to_instances,
 )
 from tests.test_formats_fuzz import FAST, instances

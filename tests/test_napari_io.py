@@ -19,12 +19,14 @@ from napari_instanno.napari.layers import (
     STATUS_COLORS,
     add_instances,
     apply_threshold,
+    replace_polygons,
+    set_status,
+)
+from napari_instanno.napari.shapes_data import (
     box_to_rectangle,
     instances_to_shapes,
     layer_to_instances,
     rectangle_to_box,
-    replace_polygons,
-    set_status,
     status_colors,
 )
 from napari_instanno.samples import nuclei_sample

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_instanno.napari.layers import TRACK, box_to_rectangle
+from napari_instanno.napari.shapes_data import TRACK, box_to_rectangle
 from napari_instanno.napari.widgets import FindSimilarWidget
 
 from .stack_scenes import drifting_discs

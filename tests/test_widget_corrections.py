@@ -8,8 +8,8 @@ import pytest
 import torchvision  # noqa: F401  (before any viewer: see test_widgets)
 
 from napari_instanno.geometry import box_iou
-from napari_instanno.napari.layers import rectangle_to_box
 from napari_instanno.napari.proposals import MAX_POSITIVES, choose_references
+from napari_instanno.napari.shapes_data import rectangle_to_box
 from napari_instanno.napari.widgets import FindSimilarWidget
 
 pytestmark = pytest.mark.gui

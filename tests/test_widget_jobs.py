@@ -13,7 +13,8 @@ import torchvision  # noqa: F401  (before any viewer: see test_widgets)
 from napari.utils.notifications import notification_manager
 
 from napari_instanno.inference.annotator import Annotator
-from napari_instanno.napari.layers import all_shapes, box_to_rectangle, shapes_to_instances
+from napari_instanno.napari.layers import all_shapes
+from napari_instanno.napari.shapes_data import box_to_rectangle, shapes_to_instances
 from napari_instanno.napari.widgets import FindSimilarWidget
 from napari_instanno.samples import nuclei_sample
 

@@ -188,7 +188,7 @@ def test_progress_bar_is_full_when_refine_ends(nuclei):
 
 def test_box_to_polygon_on_an_outlined_instance_selects_it(nuclei):
     from napari_instanno.geometry import polygon_box
-    from napari_instanno.napari.layers import box_to_rectangle, layer_to_instances
+    from napari_instanno.napari.shapes_data import box_to_rectangle, layer_to_instances
 
     viewer, widget, qtbot = nuclei
     widget.run()
@@ -206,7 +206,7 @@ def test_box_to_polygon_on_an_outlined_instance_selects_it(nuclei):
 
 
 def test_a_drawn_box_beside_the_preset_one_the_info_line_says_what_was_used(nuclei):
-    from napari_instanno.napari.layers import box_to_rectangle, rectangle_to_box
+    from napari_instanno.napari.shapes_data import box_to_rectangle, rectangle_to_box
 
     viewer, widget, qtbot = nuclei
     ref = viewer.layers["reference"]

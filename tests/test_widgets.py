@@ -14,14 +14,8 @@ from napari.utils.notifications import notification_manager
 from napari_instanno import InstannoError
 from napari_instanno.geometry import box_iou, ellipse_polygon, polygon_box
 from napari_instanno.inference.annotator import DEFAULT_MIN_SCORE, Annotator
-from napari_instanno.napari.layers import (
-    HIDDEN,
-    STATUS_COLORS,
-    box_to_rectangle,
-    layer_to_instances,
-    rectangle_to_box,
-    replace_polygons,
-)
+from napari_instanno.napari.layers import HIDDEN, STATUS_COLORS, replace_polygons
+from napari_instanno.napari.shapes_data import box_to_rectangle, layer_to_instances, rectangle_to_box
 from napari_instanno.napari.widgets import FindSimilarWidget
 
 pytestmark = pytest.mark.gui

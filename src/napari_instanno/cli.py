@@ -258,7 +258,7 @@ def show_result(viewer: object, image: np.ndarray, inst: object) -> object:
     """Put the demo's image, its found instances and the Find similar widget (returned) in
     ``viewer``."""
     from .napari._sample_data import CATEGORY
-    from .napari.layers import instances_to_shapes
+    from .napari.shapes_data import instances_to_shapes
     from .samples import CATEGORIES
 
     viewer.add_image(image, name="nuclei", metadata={CATEGORY: CATEGORIES["nuclei"]})

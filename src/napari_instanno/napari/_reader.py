@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InstannoError
 from ..io.atomic import read_json
 from .files import annotation_kind
-from .layers import instances_to_shapes
+from .shapes_data import instances_to_shapes
 
 LayerData = tuple[Any, dict, str]
 

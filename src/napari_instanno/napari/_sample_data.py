@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..samples import CATEGORIES, coins_sample, nuclei_sample
-from .layers import box_to_rectangle
+from .shapes_data import box_to_rectangle
 
 REFERENCE = "reference"
 CATEGORY = "instanno_category"  # image layer metadata key: the name its instances get

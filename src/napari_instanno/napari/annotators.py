@@ -184,7 +184,7 @@ class AnnotatorCache:
                shapes: list[np.ndarray], report: Callable, cancelled: Callable
                ) -> list[np.ndarray]:
         """The napari polygon vertices ``shapes`` refined, as corner-frame (row, col) polygons."""
-        from .layers import OFFSET
+        from .shapes_data import OFFSET
 
         out = []
         with self._use:

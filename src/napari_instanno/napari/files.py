@@ -15,7 +15,8 @@ from ..errors import InstannoError
 from ..instances import Instances
 from ..io.atomic import read_json
 from .large_layers import LOD_KEY
-from .layers import GEOREF, IMAGE_INFO, shapes_to_instances
+from .layers import GEOREF, IMAGE_INFO
+from .shapes_data import shapes_to_instances
 
 GEOJSON_SUFFIXES = (".geojson", ".geo.json")
 

@@ -21,18 +21,16 @@ from typing import Any
 import numpy as np
 
 from ..instances import Instances
-from .layers import (
+from .layers import GROUP, ensure_features, style_rings
+from .proposals import polygon_boxes, replace_proposals
+from .shapes_data import (
     AREA_TYPES,
-    GROUP,
     OFFSET,
-    ensure_features,
     instances_to_shapes,
     layer_to_instances,
     shape_counts,
     status_colors,
-    style_rings,
 )
-from .proposals import polygon_boxes, replace_proposals
 
 INDEX = "instance"  # Shapes feature column: the shape's index in the full Instances (-1: new)
 LOD_KEY = "instanno_lod"  # Shapes layer metadata key: its LevelOfDetail

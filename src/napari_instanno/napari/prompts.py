@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import InstannoError
 from ..inference.policy import fits_in_memory
 from ._sample_data import REFERENCE
-from .layers import rectangle_to_box
+from .shapes_data import rectangle_to_box
 
 NO_REFERENCE = "no reference box: draw one around an object"  # short: a toast shows it whole
 

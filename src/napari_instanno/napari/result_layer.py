@@ -26,20 +26,18 @@ from .layers import (
     GEOREF,
     HIDDEN,
     IMAGE_INFO,
-    OFFSET,
     add_instances,
     all_shapes,
     apply_threshold,
     ensure_features,
     georef,
     keep_status_colours,
-    rectangle_to_box,
     replace_polygons,
     set_status,
-    shapes_to_instances,
     show_swatch,
 )
 from .proposals import polygon_boxes, replace_proposals
+from .shapes_data import OFFSET, rectangle_to_box, shapes_to_instances
 
 UPDATING = "instanno_updating"  # layer.metadata key: set while a run's shapes go in
 LOD_ABOVE = 10_000  # runs finding more instances are shown through LevelOfDetail

@@ -18,7 +18,8 @@ import pandas as pd
 
 from ..errors import InstannoError
 from ..instances import Instances
-from .layers import HIDDEN, TRACK, set_status
+from .layers import HIDDEN, set_status
+from .shapes_data import TRACK
 
 TRACK_TEXT = {"string": "{track_id:.0f}", "size": 9, "color": "white", "anchor": "upper_left"}
 

@@ -16,8 +16,8 @@ import numpy as np
 from ..errors import InstannoError
 from ..image import check_box
 from ..instances import Instances
-from .layers import box_to_rectangle
 from .prompts import displayed_plane, reference_layer
+from .shapes_data import box_to_rectangle
 
 
 class WidgetAPI:

@@ -38,7 +38,7 @@ from ._sample_data import CATEGORY, REFERENCE
 from .annotators import AnnotatorCache, Pending, model_choices
 from .files import ask_load_path, ask_save_path, format_for, read_annotations, save_instances
 from .jobs import JobRunner, shows_errors
-from .layers import GEOREF, rectangle_to_box
+from .layers import GEOREF
 from .prompts import (
     displayed_plane,
     reference_box,
@@ -49,6 +49,7 @@ from .prompts import (
 )
 from .proposals import choose_references
 from .result_layer import ResultLayer, bind_review, result_shapes
+from .shapes_data import rectangle_to_box
 from .stack_layers import review_tracks, show_tracks, stack_of, summary
 from .widget_api import WidgetAPI
 
