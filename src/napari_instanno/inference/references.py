@@ -1,7 +1,10 @@
 """Several references of one kind, and negatives: what the user wants and what they do not.
 
 Any matcher works: each positive reference is matched on its own and the detections of all of
-them are pooled (the best score at each place: non-maximum suppression over the union). Each
+them are pooled: the places are the union after non-maximum suppression, each scored by the mean
+over the positives of that reference's score there (0 where it finds nothing), so a place needs
+the support of most references. Taking the best score instead (``POOLING = "max"``) let every
+added reference bring its own false matches (``benchmarks/bench_corrections.py``, RESULTS.md). Each
 negative is matched the same way; a candidate is dropped where a negative's detection at the
 same place (box IoU >= ``SAME_PLACE``) scores higher than the candidate's best positive score
 (``pool``), and wherever it is a negative box itself (``not_negative``). ``PooledMatcher`` wraps
