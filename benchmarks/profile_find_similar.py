@@ -5,6 +5,7 @@ is ``set_image`` + ``find_similar`` on it, "new reference" another instance of t
 (three places up the area order) on the cached features. Model loading is timed too.
 
     OMP_NUM_THREADS=1 python benchmarks/profile_find_similar.py --image-id 518 --threads 1
+    ... --outline-threshold 0.3     # what the widget asks since #12
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main() -> None:
     p.add_argument("--matcher", default=None)
     p.add_argument("--outliner", default=None)
     p.add_argument("--top", type=int, default=0, help="also print the top N cumulative entries")
+    p.add_argument("--outline-threshold", type=float, default=None,
+                   help="as the widget asks: outline only candidates scoring at least this")
     args = p.parse_args()
 
     import torch
@@ -67,8 +70,9 @@ def main() -> None:
     print(f"image {args.image_id} {rgb.shape[1]}x{rgb.shape[0]}, torch threads {args.threads}, "
           f"matcher {ann.matcher.name}, outliner {ann.outliner.name}")
     print(f"model load: {time.perf_counter() - t0:.2f} s")
-    runs = [("new image", lambda: ann.set_image(rgb).find_similar(gt.boxes[ref])),
-            ("new reference", lambda: ann.find_similar(gt.boxes[other]))]
+    kw = {"outline_threshold": args.outline_threshold}
+    runs = [("new image", lambda: ann.set_image(rgb).find_similar(gt.boxes[ref], **kw)),
+            ("new reference", lambda: ann.find_similar(gt.boxes[other], **kw))]
     for label, fn in runs:
         prof = cProfile.Profile()
         t0 = time.perf_counter()
