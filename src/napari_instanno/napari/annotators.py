@@ -134,7 +134,7 @@ class AnnotatorCache:
             report(1, 2)
             if cancelled():
                 return Instances()
-            inst = ann.find_similar(box, negatives, category=category,
+            inst = ann.find_similar(box, negatives=negatives, category=category,
                                     outline_threshold=outline_threshold)
         report(2, 2)
         return inst
