@@ -216,6 +216,7 @@ def main() -> None:
         for method in a.methods:
             rows.append(run_folder(Path(a.data) / folder, method, a.rounds, a.max_images,
                                    a.device))
+            rows[-1]["folder"] = folder
             print(json.dumps(rows[-1]), flush=True)
             if a.json:
                 Path(a.json).write_text(json.dumps(rows, indent=1))
