@@ -11,7 +11,7 @@ detections that are instances of the reference's kind (box IoU >= 0.5 with one),
 share that are instances of the other kind. Images: ``coco128`` images with two categories (the
 two with most instances; the reference of each is its median-area instance not touching the
 border), and pasted scenes: copies of two objects from two different training folders on a
-background from a third (``training.episodes.paste_scene``, seeded). Training folders only,
+background from a third (``training.synthetic.paste_scene``, seeded). Training folders only,
 except coco128, which is also in training: these measure listening, not accuracy on unseen data.
 """
 
@@ -80,7 +80,8 @@ def pasted_pairs(n: int, seed: int = 0):
     from napari_instanno.geometry import box_iou
     from napari_instanno.models.matcher import MatcherConfig
     from napari_instanno.training.datasets import shared_folder
-    from napari_instanno.training.episodes import EpisodeConfig, EpisodeSampler, paste_scene
+    from napari_instanno.training.episodes import EpisodeConfig, EpisodeSampler
+    from napari_instanno.training.synthetic import paste_scene
 
     sampler = EpisodeSampler({f: shared_folder(f) for f in SCENE_FOLDERS}, MatcherConfig())
     cfg = EpisodeConfig(crop=384, copies=(3, 8), max_overlap=0.0)

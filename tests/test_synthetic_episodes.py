@@ -12,13 +12,8 @@ from napari_instanno.geometry import ellipse_polygon
 from napari_instanno.instances import Instances
 from napari_instanno.io.coco import write_coco
 from napari_instanno.models.matcher import MatcherConfig
-from napari_instanno.training.episodes import (
-    EpisodeConfig,
-    EpisodeSampler,
-    cut_object,
-    paste_scene,
-    warp_cutout,
-)
+from napari_instanno.training.episodes import EpisodeConfig, EpisodeSampler
+from napari_instanno.training.synthetic import cut_object, paste_scene, warp_cutout
 
 SMALL = MatcherConfig(strides=(8,), dim=32, ref_size=32, min_crop=32)
 
@@ -124,7 +119,7 @@ def test_sampler_synthetic_episodes_are_well_formed_and_seeded(tmp_path) -> None
 
 def test_one_pixel_wide_pieces_paste_without_error() -> None:
     """A piece 1 px wide (a thin object scaled down) is pasted, blur or not."""
-    from napari_instanno.training.episodes import _place
+    from napari_instanno.training.synthetic import _place
 
     piece = torch.ones(5, 21, 1)
     for seed in range(20):
