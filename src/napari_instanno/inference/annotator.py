@@ -34,7 +34,7 @@ OUTLINERS = {
     "ellipse": "napari_instanno.inference.baselines:EllipseOutliner",
 }
 WEIGHTS = {"matcher": "matcher", "outliner": "contour"}
-DEFAULT = {"matcher": "guarded", "outliner": "learned"}  # when the weights ship (guard.py)
+DEFAULT = {"matcher": "learned", "outliner": "learned"}  # when the weights ship
 FALLBACK = {"matcher": "ncc", "outliner": "otsu"}
 STAND_IN_VERTICES = 16  # the ellipse standing in for a candidate not outlined yet
 
@@ -73,9 +73,9 @@ def _build(kind: str, name: str | None, device: str, models: Any = None, **kwarg
 class Annotator:
     """Find similar instances from one reference box, outline boxes, refine polygons.
 
-    ``matcher`` is ``"guarded"`` (the learned matcher, NCC where the image's evidence says it is
-    off its domain: ``inference.guard``; the default when weights ship), ``"learned"``, ``"ncc"``
-    or ``"cosine"``; a guarded result says which path found it in ``properties["matched_by"]``.
+    ``matcher`` is ``"learned"`` (the default when weights ship), ``"guarded"`` (the learned
+    matcher, NCC where the image's evidence says it is off its domain: ``inference.guard``; its
+    result says which path found it in ``properties["matched_by"]``), ``"ncc"`` or ``"cosine"``.
     ``outliner`` is ``"learned"``, ``"otsu"`` or ``"ellipse"``. Boxes are (x0, y0, x1, y1) in
     pixels; polygons come back as (row, col) arrays (see ``geometry``). ``models``: a folder
     of weights (``training.finetune``) used instead of the shipped ones where it has them.
