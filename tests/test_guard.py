@@ -37,37 +37,38 @@ def coins_found(inst, gt: np.ndarray = COINS) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def default_annotator() -> Annotator:
-    ann = Annotator(device="cpu")
-    assert ann.matcher.name == "guarded" and ann.outliner.name == "learned"
+def guarded_annotator() -> Annotator:
+    """The shipped models with the guard (``matcher="guarded"``; not the default: model card)."""
+    ann = Annotator(matcher="guarded", device="cpu")
+    assert ann.outliner.name == "learned"
     return ann
 
 
-def test_coins_sample_default_pipeline_finds_the_coins(default_annotator) -> None:
+def test_coins_sample_guarded_pipeline_finds_the_coins(guarded_annotator) -> None:
     """The plugin's Coins sample with its preset box: at least 22 of the 24 coins at the default
-    score, and no polygon over two coins (the learned matcher alone kept 2 of them)."""
+    score, and no polygon over two coins (the shipped learned matcher alone keeps 2 of them)."""
     assert len(COINS) == 24
     image, ref = coins_sample()
-    inst = default_annotator.set_image(image).find_similar(ref, score_threshold=DEFAULT_MIN_SCORE)
+    inst = guarded_annotator.set_image(image).find_similar(ref, score_threshold=DEFAULT_MIN_SCORE)
     found, double = coins_found(inst)
     assert found >= 22, f"{found} of 24 coins found"
     assert double == 0
-    method = default_annotator.matcher.last_method
+    method = guarded_annotator.matcher.last_method
     assert set(inst.properties["matched_by"].tolist()) == {method}
 
 
-def test_guard_keeps_the_learned_matcher_where_it_works(default_annotator) -> None:
+def test_guard_keeps_the_learned_matcher_where_it_works(guarded_annotator) -> None:
     """On nuclei (the learned matcher's domain) the guard takes the learned path, and its result
     is the learned matcher's, tiled or not."""
     image, ref = nuclei_sample()
-    guarded = default_annotator.set_image(image).find_similar(ref, score_threshold=0.5)
-    assert default_annotator.matcher.last_method == "learned"
-    assert default_annotator.matcher.last_evidence["self_score"] >= 0.5
+    guarded = guarded_annotator.set_image(image).find_similar(ref, score_threshold=0.5)
+    assert guarded_annotator.matcher.last_method == "learned"
+    assert guarded_annotator.matcher.last_evidence["self_score"] >= 0.5
     assert set(guarded.properties["matched_by"].tolist()) == {"learned"}
     learned = Annotator(matcher="learned", device="cpu").set_image(image)
     learned = learned.find_similar(ref, score_threshold=0.5)
     np.testing.assert_allclose(guarded.boxes, learned.boxes, atol=1e-6)
-    tiled = find_similar_tiled(default_annotator, image, ref, tile_size=96, score_threshold=0.5,
+    tiled = find_similar_tiled(guarded_annotator, image, ref, tile_size=96, score_threshold=0.5,
                                workers=1)
     assert set(tiled.properties["matched_by"].tolist()) == {"learned"}
     assert abs(len(tiled) - len(guarded)) <= 1
