@@ -44,8 +44,9 @@ class WidgetAPI:
         return self._jobs.wait(timeout)
 
     def find_similar(self, timeout: float = 120.0) -> Instances:
-        """Press Find similar and wait: the instances the run found (all scores; the layer shows
-        those above ``min_score``)."""
+        """Press Find similar and wait: the instances the run found, all scores. The layer shows
+        those above ``min_score``; the ones below it are not outlined yet (ellipse stand-ins,
+        ``properties["outlined"]`` False) until the slider goes down (``set_min_score``)."""
         self.run()
         return self.wait(timeout)
 
