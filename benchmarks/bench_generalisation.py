@@ -9,8 +9,8 @@ touching the border; the default learned outliner; bbox AP from the polygons' bo
 folders get bbox metrics only), every matcher in the same run. The coins row is the Coins sample
 with its preset box: coins found at the default score (0.3) out of the 24 of
 ``tests/fixtures/coins_boxes.json``, and polygons covering two coins. ``--models DIR`` points
-``INSTANNO_MODELS`` at other weights (a folder with ``matcher.safetensors`` and
-``contour.safetensors``). One torch thread: the CPU is shared.
+``INSTANNO_MODELS`` at other weights (a folder with ``matcher.safetensors`` and / or
+``contour.safetensors``; the repository's for the one it lacks). One torch thread: the CPU is shared.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 FOLDERS = ["dsb2018/val", "crowdai-buildings/val", "airbus-aircraft/val", "usiigaci-phase/val"]
@@ -46,8 +47,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    if args.models:
-        os.environ["INSTANNO_MODELS"] = str(Path(args.models).resolve())
+    if args.models:  # its weights, the repository's for any it lacks
+        folder = Path(tempfile.mkdtemp(prefix="instanno-models-"))
+        for name in ("matcher", "contour"):
+            own = Path(args.models) / f"{name}.safetensors"
+            repo = Path(__file__).resolve().parents[1] / "models" / f"{name}.safetensors"
+            (folder / own.name).symlink_to((own if own.is_file() else repo).resolve())
+        os.environ["INSTANNO_MODELS"] = str(folder)
     import torch
 
     torch.set_num_threads(1)
