@@ -3,6 +3,8 @@ the category, the edge-colour swatch, which reference box a run used."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 # torch pulls in triton; loading triton after Mesa's GL context exists segfaults (LLVM clash), so
@@ -220,3 +222,17 @@ def test_a_drawn_box_beside_the_preset_one_the_info_line_says_what_was_used(nucl
     widget.run()
     _finish(qtbot, widget)
     assert "from 1 positive(s)" in widget._info.value  # only the selected one
+
+
+def test_the_info_line_says_which_path_the_guarded_matcher_took(make_napari_viewer, qtbot):
+    """With the guarded matcher, the status line names the path its evidence chose."""
+    from napari_instanno.napari.widgets import FindSimilarWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-instanno", "coins")
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "guarded", "ellipse"
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert re.search(r"instances found from .* \(matched by (learned|ncc)\)", widget._info.value)

@@ -22,11 +22,11 @@ from .policy import tiling_plan
 from .references import check_references, embed_references, not_negative, representative
 
 # name -> "module:Class"; learned models register here and are the default when their weights ship.
-MATCHERS = {
-    "guarded": "napari_instanno.inference.guard:GuardedMatcher",
+MATCHERS = {  # the first is the widget's default choice
     "learned": "napari_instanno.inference.learned_matcher:LearnedMatcher",
     "ncc": "napari_instanno.inference.baselines:NCCMatcher",
     "cosine": "napari_instanno.inference.baselines:CosineMatcher",
+    "guarded": "napari_instanno.inference.guard:GuardedMatcher",
 }
 OUTLINERS = {
     "learned": "napari_instanno.inference.learned_outliner:LearnedOutliner",

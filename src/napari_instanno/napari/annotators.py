@@ -17,12 +17,13 @@ from ..instances import Instances
 
 
 def model_choices(kind: str) -> list[str]:
-    """The matcher (``kind="matcher"``) or outliner names to offer: "learned" only when shipped."""
+    """The matcher (``kind="matcher"``) or outliner names to offer: those built on the learned
+    weights ("learned", "guarded") only when the weights ship."""
     from ..inference.annotator import MATCHERS, OUTLINERS, WEIGHTS
     from ..models.weights import shipped_path
 
     names = list(MATCHERS if kind == "matcher" else OUTLINERS)
-    return [n for n in names if n != "learned" or shipped_path(WEIGHTS[kind])]
+    return [n for n in names if n not in ("learned", "guarded") or shipped_path(WEIGHTS[kind])]
 
 
 OUTLINE_STEP = 64  # stand-ins outlined between two progress reports (and cancel checks)

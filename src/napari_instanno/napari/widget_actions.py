@@ -58,7 +58,9 @@ class WidgetActions:
             n = results.add(inst[~later], indices, self._threshold.value, replace_category=category)
             self._pending = Pending(results, indices, key, names, plane, category, inst,
                                     shown) if later.any() else None
-            self._say(f"{n + int(later.sum())} '{category}' instances found from {used}; "
+            path = inst.properties.get("matched_by")  # the guarded matcher's choice, if any
+            by = f" (matched by {path[0]})" if path is not None and len(path) else ""
+            self._say(f"{n + int(later.sum())} '{category}' instances found from {used}{by}; "
                       f"{results.shown()} shown")
             self._viewer.layers.selection.active = results.layer
             results.layer.mode = "select"
