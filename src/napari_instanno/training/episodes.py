@@ -220,15 +220,7 @@ class EpisodeSampler:
         if rng.random() < cfg.distractors:
             search = self._paste(search, boxes, name, cat, s * side, rng)
 
-        k, fx, fy = int(rng.integers(4)), bool(rng.random() < 0.5), bool(rng.random() < 0.5)
-        search, boxes = _geometric(search, boxes, k, fx, fy)
-        ref_crop, rl = _geometric(ref_crop, ref_local, k, fx, fy)
-        size = np.array([ref_w, ref_h]) * s
-        if k % 2:
-            size = size[::-1].copy()
-        search, ref_crop = _colour([search, ref_crop], rng)
-        return Episode(search.numpy(), boxes.astype(np.float32), ref_crop.numpy(),
-                       rl[0].astype(np.float32), size.astype(np.float32),
+        return _finish(search, boxes, ref_crop, ref_local, np.array([ref_w, ref_h]) * s, rng,
                        f"{name}:{i}->{ref_i}")
 
     def _background(self, name: str, rng: np.random.Generator) -> torch.Tensor:
@@ -293,15 +285,8 @@ class EpisodeSampler:
         roi = torch.tensor([[0, *rwin]], dtype=torch.float32)
         ref_crop = roi_align(ref_img[None], roi, self.mcfg.ref_size, 1.0, ratio, aligned=True)[0]
         ref_local = (ref_box - rwin[[0, 1, 0, 1]]) * (self.mcfg.ref_size / (rwin[2] - rwin[0]))
-        k, fx, fy = int(rng.integers(4)), bool(rng.random() < 0.5), bool(rng.random() < 0.5)
-        search, boxes = _geometric(scene.image, boxes, k, fx, fy)
-        ref_crop, rl = _geometric(ref_crop, ref_local, k, fx, fy)
-        size = (ref_box[2:] - ref_box[:2]).astype(np.float64)
-        if k % 2:
-            size = size[::-1].copy()
-        search, ref_crop = _colour([search, ref_crop], rng)
-        return Episode(search.numpy(), boxes.astype(np.float32), ref_crop.numpy(),
-                       rl[0].astype(np.float32), size.astype(np.float32),
+        return _finish(scene.image, boxes, ref_crop, ref_local,
+                       (ref_box[2:] - ref_box[:2]).astype(np.float64), rng,
                        f"synthetic:{name}:{i}:{cat}")
 
     def _paste(self, search: torch.Tensor, boxes: np.ndarray, name: str, cat: int, ref_side: float,
@@ -335,6 +320,20 @@ class EpisodeSampler:
             region = out[:, y:y + ph, x:x + pw]
             out[:, y:y + ph, x:x + pw] = region * (1 - m[0]) + p[0] * m[0]
         return out
+
+
+def _finish(search: torch.Tensor, boxes: np.ndarray, ref_crop: torch.Tensor, ref_local: np.ndarray,
+            size: np.ndarray, rng: np.random.Generator, tag: str) -> Episode:
+    """The episode, after one random rotation / flip of the search crop and the reference alike
+    and the colour changes; ``size`` is the reference's (w, h) in search-crop pixels."""
+    k, fx, fy = int(rng.integers(4)), bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+    search, boxes = _geometric(search, boxes, k, fx, fy)
+    ref_crop, rl = _geometric(ref_crop, ref_local, k, fx, fy)
+    if k % 2:
+        size = size[::-1].copy()
+    search, ref_crop = _colour([search, ref_crop], rng)
+    return Episode(search.numpy(), boxes.astype(np.float32), ref_crop.numpy(),
+                   rl[0].astype(np.float32), size.astype(np.float32), tag)
 
 
 def _colour(images: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
