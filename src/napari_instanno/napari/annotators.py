@@ -98,7 +98,9 @@ class AnnotatorCache:
             except BaseException as err:  # raised by the job that needs it
                 future.set_exception(err)
 
-        threading.Thread(target=load, name="instanno-model-load", daemon=True).start()
+        # not a daemon: Python waits for it at exit (a model build cut off at exit aborts the
+        # process from torch's C++ side, "terminate called without an active exception")
+        threading.Thread(target=load, name="instanno-model-load", daemon=False).start()
 
     def get(self, names: tuple[str, str], image_key: tuple, plane: Any) -> Any:
         """The Annotator for ``names``, with ``plane`` set if ``image_key`` changed (``plane``

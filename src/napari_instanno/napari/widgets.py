@@ -100,7 +100,8 @@ class FindSimilarWidget(WidgetActions, WidgetAPI, Container):
         self._pending: Pending | None = None  # the last run's candidates not outlined yet
         for choice in (self._matcher, self._outliner):  # deferred: read both once both are set
             choice.changed.connect(lambda *_: QTimer.singleShot(0, self._preload))
-        self.native.destroyed.connect(lambda *_: self._jobs.close())
+        jobs = self._jobs  # not through self: its wrapper may be gone when Qt destroys the widget
+        self.native.destroyed.connect(lambda *_: jobs.close())
         QTimer.singleShot(0, self._preload)  # the models load while the user draws a reference
 
         # buttons and keys show an InstannoError as a notification; called from code, it is raised
