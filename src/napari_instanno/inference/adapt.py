@@ -24,7 +24,7 @@ import numpy as np
 
 from .references import ReferenceSet, find_references
 
-ADAPT_BY_DEFAULT = False  # benchmarks/RESULTS.md (bench_corrections): no gain measured yet
+ADAPT_BY_DEFAULT = False  # no steady gain in benchmarks/RESULTS.md (bench_corrections.py)
 
 STEPS = 30  # Adam steps ...
 SECONDS = 2.0  # ... stopped at this many seconds (with the set-up, <= 3 s on a 1024² image)
