@@ -146,7 +146,8 @@ class JobRunner:
             self._pbar.update(done - self._pbar.n)
 
     def wait(self, timeout: float = 120.0) -> Any:
-        """Block (keeping Qt's events flowing) until the running job ends; its result.
+        """Block (keeping Qt's events flowing) until the running foreground job ends; its result
+        (a background job it started, such as outlining below the slider, is not waited for).
 
         Raises ``InstannoError`` with the job's message if it failed, or if it is still running
         after ``timeout`` seconds (it is then cancelled).
@@ -154,7 +155,7 @@ class JobRunner:
         from qtpy.QtWidgets import QApplication
 
         end = time.monotonic() + timeout
-        while self._worker is not None:
+        while self._worker is not None and not self._background:
             if time.monotonic() > end:
                 self.cancel()
                 raise InstannoError(f"the job did not finish within {timeout:g} s; it was cancelled")
