@@ -21,13 +21,19 @@ def test_quickstart_notebook_runs_and_saves_coco(tmp_path):
     assert len(overlays) == 1 and len(overlays[0]) > 1000  # the inline overlay picture
 
 
-def test_widgets_notebook_drives_the_viewer_and_shows_it(tmp_path):
+def test_widgets_notebook_drives_the_viewer_and_shows_it(tmp_path, monkeypatch):
     """The widgets notebook runs headless (pytest-xvfb's display), shows two non-blank viewer
-    screenshots, and its saved COCO file loads in pycocotools with the accepted instances."""
+    screenshots, and its saved COCO file loads in pycocotools with the accepted instances.
+
+    Headless, the kernel runs without napari's ``%gui qt`` loop (in a full-suite run the kernel
+    once sat idle in ipykernel's Qt loop without answering); the widget's ``wait`` and
+    ``nbscreenshot`` pump Qt's events themselves."""
     import base64
     import io
 
     from skimage.io import imread
+
+    monkeypatch.setenv("NAPARI_APPLICATION_IPY_INTERACTIVE", "0")  # inherited by the kernel
 
     nb = nbformat.read(NOTEBOOKS / "widgets.ipynb", as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
