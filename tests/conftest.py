@@ -77,3 +77,15 @@ def shared_data(request: pytest.FixtureRequest) -> Path:
             pytest.fail(f"{SHARED} is missing and INSTANNO_REQUIRE_SHARED=1")
         pytest.skip(f"needs_shared: {SHARED} is absent (the training data is not in the repository)")
     return SHARED
+
+
+def docked_widget(viewer, sample: str = "nuclei", matcher: str = "ncc", outliner: str = "otsu"):
+    """``viewer`` with a sample (image + preset reference box) and the Find similar widget docked,
+    set to ``matcher`` / ``outliner`` (NCC + Otsu: fast and deterministic); returns the widget."""
+    from napari_instanno.napari.widgets import FindSimilarWidget
+
+    viewer.open_sample("napari-instanno", sample)
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = matcher, outliner
+    return widget

@@ -18,6 +18,8 @@ from napari_instanno.napari.shapes_data import box_to_rectangle, shapes_to_insta
 from napari_instanno.napari.widgets import FindSimilarWidget
 from napari_instanno.samples import nuclei_sample
 
+from .conftest import docked_widget
+
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 60_000
 SLOW_S = 0.4  # per Annotator.outline call (the lazy job makes several)
@@ -26,11 +28,7 @@ SLOW_S = 0.4  # per Annotator.outline call (the lazy job makes several)
 @pytest.fixture
 def setup(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-instanno", "nuclei")
-    widget = FindSimilarWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
-    return viewer, widget, qtbot
+    return viewer, docked_widget(viewer), qtbot
 
 
 @pytest.fixture

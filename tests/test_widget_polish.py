@@ -11,6 +11,8 @@ import pytest
 # it is loaded before any viewer is made (as in test_widgets).
 import torchvision  # noqa: F401
 
+from .conftest import docked_widget
+
 pytestmark = pytest.mark.gui
 
 
@@ -68,14 +70,8 @@ def test_the_samples_and_the_demo_name_their_category_in_the_widget(make_napari_
 @pytest.fixture
 def nuclei(make_napari_viewer, qtbot):
     """A viewer with the nuclei sample (image + preset reference box) and the docked widget."""
-    from napari_instanno.napari.widgets import FindSimilarWidget
-
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-instanno", "nuclei")
-    widget = FindSimilarWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
-    return viewer, widget, qtbot
+    return viewer, docked_widget(viewer), qtbot
 
 
 def _finish(qtbot, widget) -> None:
@@ -226,13 +222,8 @@ def test_a_drawn_box_beside_the_preset_one_the_info_line_says_what_was_used(nucl
 
 def test_the_info_line_says_which_path_the_guarded_matcher_took(make_napari_viewer, qtbot):
     """With the guarded matcher, the status line names the path its evidence chose."""
-    from napari_instanno.napari.widgets import FindSimilarWidget
-
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-instanno", "coins")
-    widget = FindSimilarWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._matcher.value, widget._outliner.value = "guarded", "ellipse"
+    widget = docked_widget(viewer, "coins", "guarded", "ellipse")
     assert widget.run() is not None
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert re.search(r"instances found from .* \(matched by (learned|ncc)\)", widget._info.value)

@@ -18,6 +18,8 @@ from napari_instanno.napari.layers import HIDDEN, STATUS_COLORS, replace_polygon
 from napari_instanno.napari.shapes_data import box_to_rectangle, layer_to_instances, rectangle_to_box
 from napari_instanno.napari.widgets import FindSimilarWidget
 
+from .conftest import docked_widget
+
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 60_000
 
@@ -26,11 +28,7 @@ TIMEOUT_MS = 60_000
 def setup(make_napari_viewer, qtbot, request):
     """A viewer with the nuclei sample (image + preset reference) and the docked widget."""
     viewer = make_napari_viewer(show=getattr(request, "param", False))
-    viewer.open_sample("napari-instanno", "nuclei")
-    widget = FindSimilarWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
-    return viewer, widget, qtbot
+    return viewer, docked_widget(viewer), qtbot
 
 
 def _wait(qtbot, widget) -> None:
