@@ -127,3 +127,23 @@ def test_one_pixel_wide_pieces_paste_without_error() -> None:
         box = _place(canvas, top, piece, 0, np.zeros((0, 4)), 0.0, np.random.default_rng(seed))
         assert box is not None and box[2] - box[0] == 1 and box[3] - box[1] == 21
         assert (top == 0).sum() == 21
+
+
+def test_a_rival_kind_is_pasted_as_often_as_the_targets_and_is_never_a_target() -> None:
+    img = np.full((40, 40, 3), 100, np.uint8)
+    img[10:30, 10:30] = (0, 0, 255)
+    box = np.array([10, 10, 30, 30], float)
+    blue_square = cut_object(img, ellipse_polygon(box, 4)[:0], box)  # box-only: the square
+    cfg = EpisodeConfig(crop=256, copies=(6, 6), copy_scale=(1.0, 1.0), max_overlap=0.0)
+    scene = paste_scene(torch.full((3, 256, 256), 0.5), red_disc(8), 20.0, cfg,
+                        np.random.default_rng(1), rival=blue_square)
+    out = scene.image.numpy()
+    blue = (out[2] > 0.8) & (out[0] < 0.3)
+    red = (out[0] > 0.8) & (out[2] < 0.3)
+    n_blue = len(regionprops(label(blue)))
+    assert n_blue >= 3  # several rival copies, not a singleton distractor
+    # every target box holds red, none is centred on a rival
+    for x0, y0, x1, y1 in scene.boxes.astype(int):
+        assert red[y0:y1, x0:x1].any()
+        cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+        assert not blue[cy, cx]

@@ -65,6 +65,8 @@ class EpisodeConfig:
     max_overlap: float = 0.25       # of the smaller box, between copies (touching, partly covered)
     min_visible_copy: float = 0.6   # a copy is a target while this much of it is visible
     other_canvas: float = 0.3       # the reference pasted on its own background
+    rival: float = 0.0              # chance of a second kind pasted as many times as the targets
+    soft_distractors: bool = False  # distractors' edges softened like the targets' (synthetic)
 
 
 def _rgb_uint8(sample) -> np.ndarray:
@@ -250,6 +252,21 @@ class EpisodeSampler:
                 return name, i, int(inst.category_ids[j]), cut
         raise InstannoError("no object large enough to paste in the episode folders")
 
+    def _alpha(self, mask: np.ndarray) -> np.ndarray:
+        """A distractor's alpha: its mask, softened like a target's when ``soft_distractors``."""
+        if not self.cfg.soft_distractors:
+            return mask.astype(np.float32)
+        from scipy.ndimage import gaussian_filter
+        return gaussian_filter(mask.astype(np.float32), 0.6)
+
+    def _rival(self, name: str, cat: int, rng: np.random.Generator) -> Cutout | None:
+        """An object of another kind than (``name``, ``cat``), cut like the targets' object."""
+        for _try in range(5):
+            other, _, other_cat, cut = self._cutout(rng)
+            if (other, other_cat) != (name, cat):
+                return cut
+        return None
+
     def sample_synthetic(self, rng: np.random.Generator) -> Episode:
         """A synthetic exemplar episode: copies of one object on another folder's background."""
         cfg = self.cfg
@@ -266,8 +283,9 @@ class EpisodeSampler:
             if pool and rng.random() < cfg.distractors:
                 for _ in range(int(rng.integers(1, cfg.max_distractors + 1))):
                     _, patch, mask = pool[rng.integers(len(pool))]
-                    dis.append(Cutout(patch, mask.astype(np.float32), mask))
-            scene = paste_scene(bg, obj, ref_side, cfg, rng, dis)
+                    dis.append(Cutout(patch, self._alpha(mask), mask))
+            rival = self._rival(name, cat, rng) if rng.random() < cfg.rival else None
+            scene = paste_scene(bg, obj, ref_side, cfg, rng, dis, rival)
             if scene.ref >= 0:
                 break
         else:

@@ -155,11 +155,14 @@ def _place(canvas: torch.Tensor, top: torch.Tensor, piece: torch.Tensor, label: 
 
 
 def paste_scene(background: torch.Tensor, obj: Cutout, ref_side: float, cfg: EpisodeConfig,
-                rng: np.random.Generator, distractors: list[Cutout] = ()) -> Scene:
+                rng: np.random.Generator, distractors: list[Cutout] = (),
+                rival: Cutout | None = None) -> Scene:
     """Paste ``cfg.copies`` transformed copies of ``obj`` (the first, the reference, with its
     longer side ``ref_side``; the others ``cfg.copy_scale`` times that) and then the distractors
-    (0.5-2x the reference's size) on a (3, S, S) background. A copy is a target while at least
-    ``cfg.min_visible_copy`` of its object pixels are visible."""
+    (0.5-2x the reference's size) on a (3, S, S) background. A ``rival`` (an object of another
+    kind) is pasted as many times as a target would be, in the same way: repetition and pasting
+    alone must not tell a target. A copy is a target while at least ``cfg.min_visible_copy`` of
+    its object pixels are visible."""
     canvas = background.clone()
     s = canvas.shape[-1]
     top = torch.full((s, s), -1, dtype=torch.int32)
@@ -180,6 +183,11 @@ def paste_scene(background: torch.Tensor, obj: Cutout, ref_side: float, cfg: Epi
             boxes.append(box)
             areas.append(int((p[4] > 0.5).sum()))
     copies = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    if rival is not None:
+        rival_side = ref_side * float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        for _ in range(int(rng.integers(cfg.copies[0], cfg.copies[1] + 1))):
+            size = rival_side * float(np.exp(rng.uniform(*np.log(cfg.copy_scale))))
+            _place(canvas, top, piece(rival, size), -2, copies, 0.2, rng)
     for d in distractors:
         size = ref_side * float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
         _place(canvas, top, piece(d, size), -2, copies, 0.2, rng)
