@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +202,10 @@ def _sampler(sizes: list[int], weights: list[float], batch: int, gen: torch.Gene
 
 
 def train(config: str | Path, resume: bool = True, device: str | None = None,
-          overrides: list[str] | None = None) -> Path:
-    """Train from a YAML recipe; returns the path of the saved fp16 safetensors weights."""
+          overrides: list[str] | None = None,
+          on_step: Callable[[int, int], None] | None = None) -> Path:
+    """Train from a YAML recipe; returns the path of the saved fp16 safetensors weights.
+    ``on_step(step, steps)`` runs after each step (it may raise to stop the run)."""
     from tqdm import tqdm
 
     cfg = load_config(config, overrides)
@@ -268,6 +271,8 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
         scaler.step(opt)
         scaler.update()
         step += 1
+        if on_step is not None:
+            on_step(step, steps)
         bar.update(1)
         bar.set_postfix({k: round(v, 3) for k, v in terms.items()}, refresh=False)
         if step % tcfg["val_every"] == 0 or step == steps:

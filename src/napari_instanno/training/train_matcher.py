@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,10 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
 
 
 def train(config: str | Path, resume: bool = True, device: str | None = None,
-          overrides: list[str] | None = None) -> Path:
-    """Train the matcher from a recipe (``key=value`` overrides); returns the fp16 weights' path."""
+          overrides: list[str] | None = None,
+          on_step: Callable[[int, int], None] | None = None) -> Path:
+    """Train the matcher from a recipe (``key=value`` overrides); returns the fp16 weights' path.
+    ``on_step(step, steps)`` runs after each step (it may raise to stop the run)."""
     from tqdm import tqdm
 
     cfg = load_config(config, overrides)
@@ -190,6 +193,8 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
         scaler.step(opt)
         scaler.update()
         step += 1
+        if on_step is not None:
+            on_step(step, steps)
         bar.update(1)
         if step % 20 == 0 or step == steps:
             vals = {k: round(float(v), 4) for k, v in losses.items()}
