@@ -1,5 +1,6 @@
-"""Fine-tuning the matcher on the user's annotations (``training.finetune``, ``instanno train
-matcher --from``): a model folder that ``Annotator(models=...)`` uses, never the shipped one."""
+"""Fine-tuning the matcher and the contour regressor on the user's annotations
+(``training.finetune``, ``instanno train matcher|contour --from``): a model folder that
+``Annotator(models=...)`` uses, never the shipped one."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from napari_instanno import Annotator, InstannoError
 from napari_instanno.cli import main
 from napari_instanno.instances import Instances
 from napari_instanno.io.coco import write_coco
-from napari_instanno.models.weights import models_dir, shipped_path
+from napari_instanno.models.weights import models_dir, read_metadata, shipped_path
+from napari_instanno.training.finetune import Cancelled, finetune_models
 
 from .conftest import disc_scene
 
-pytestmark = pytest.mark.skipif(shipped_path("matcher") is None, reason="needs the shipped matcher")
+pytestmark = pytest.mark.skipif(shipped_path("matcher") is None or shipped_path("contour") is None,
+                                reason="needs the shipped weights")
 
 
 @pytest.fixture
@@ -73,3 +76,91 @@ def test_finetune_bad_input_says_what_to_do(saved, tmp_path, capsys):
     assert "shipped models folder" in capsys.readouterr().err
     with pytest.raises(InstannoError, match="holds no matcher.safetensors"):
         Annotator(matcher="ncc", models=empty)
+
+
+def _state(model):
+    return {k: v.float() for k, v in model.state_dict().items()}
+
+
+def _differs(a, b) -> bool:
+    return any(not np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_train_contour_from_my_polygons_alone_or_next_to_a_matcher(saved, tmp_path, capsys):
+    ann, imgs = saved
+    shipped = shipped_path("contour").read_bytes()
+    alone = tmp_path / "contour-only"
+    assert main(["train", "contour", "--from", str(ann), "--images", str(imgs), "--out", str(alone),
+                 "--steps", "2", "--device", "cpu"]) == 0
+    assert "--models" in capsys.readouterr().out
+    assert shipped_path("contour").read_bytes() == shipped  # never overwritten
+    assert sorted(p.name for p in alone.iterdir()) == ["contour.md", "contour.safetensors",
+                                                       "contour_recipe.yaml"]
+    card = (alone / "contour.md").read_text()
+    assert "mine.json" in card and "32 outlined instances" in card and "2 steps" in card
+    assert read_metadata(alone / "contour.safetensors", "contour")["steps"] == "2"
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(alone / "contour.safetensors").values()
+            if v.is_floating_point()} == {__import__("torch").float16}
+    plain = Annotator(device="cpu")
+    tuned = Annotator(device="cpu", models=alone)  # the matcher missing: the shipped one
+    assert _differs(_state(tuned.outliner.model), _state(plain.outliner.model))
+    assert not _differs(_state(tuned.matcher.model), _state(plain.matcher.model))
+    img, centres = disc_scene(seed=3)
+    r, c = centres[5]
+    poly = tuned.set_image(img).boxes_to_polygons(np.array([[c - 9, r - 9, c + 9, r + 9]]))[0]
+    assert np.abs(poly.mean(axis=0) - (r, c)).max() < 3  # still outlines the disc
+
+    both = tmp_path / "both"  # a folder with a fine-tuned matcher takes the contour next to it
+    assert main(["train", "matcher", "--from", str(ann), "--images", str(imgs), "--out", str(both),
+                 "--steps", "1", "--device", "cpu"]) == 0
+    assert main(["train", "contour", "--from", str(ann), "--images", str(imgs), "--out", str(both),
+                 "--models", str(alone), "--steps", "1", "--device", "cpu"]) == 0
+    assert str(alone / "contour.safetensors") in (both / "contour.md").read_text()
+    tuned = Annotator(device="cpu", models=both)
+    assert _differs(_state(tuned.matcher.model), _state(plain.matcher.model))
+    assert _differs(_state(tuned.outliner.model), _state(plain.outliner.model))
+
+
+def test_train_contour_bad_input_says_what_to_do(saved, tmp_path, capsys):
+    ann, imgs = saved
+    base = ["train", "contour", "--images", str(imgs), "--steps", "1", "--device", "cpu"]
+    boxes = json.loads(ann.read_text())
+    for a in boxes["annotations"]:
+        a["segmentation"] = []
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    assert main([*base, "--from", str(tmp_path / "boxes.json"), "--out", str(tmp_path / "m1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has only boxes" in err and "Box → polygon" in err and "\n" not in err
+    assert not (tmp_path / "m1").exists()  # nothing half-made left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "contour", "--from", str(ann), "--images", str(empty), "--out",
+                 str(tmp_path / "m2")]) == 2
+    assert "2 of the 2 images" in capsys.readouterr().err
+    few = json.loads(ann.read_text())
+    few["annotations"] = few["annotations"][:2]
+    (tmp_path / "few.json").write_text(json.dumps(few))
+    assert main([*base, "--from", str(tmp_path / "few.json"), "--out", str(tmp_path / "m3")]) == 2
+    assert "at least 3 annotated instances" in capsys.readouterr().err
+    assert main([*base, "--from", str(ann), "--out", str(models_dir())]) == 2
+    assert "shipped models folder" in capsys.readouterr().err
+    assert main([*base, "--from", str(ann), "--out", str(tmp_path / "m4"), "--models",
+                 str(tmp_path / "nowhere")]) == 2
+    assert "--models" in capsys.readouterr().err
+
+
+def test_cancelled_fine_tuning_leaves_no_folder(saved, tmp_path):
+    ann, imgs = saved
+    seen = []
+
+    def stop(done: int, total: int) -> None:
+        seen.append((done, total))
+        if done == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        finetune_models(ann, imgs, tmp_path / "m", {"matcher": 1, "contour": 3}, on_step=stop)
+    assert seen == [(1, 4), (2, 4)]  # one count over both models
+    assert not (tmp_path / "m").exists()

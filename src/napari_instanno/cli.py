@@ -82,9 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("model", choices=("matcher", "contour"))
     tr.add_argument("--config", default=None, help="a training recipe (configs/)")
     tr.add_argument("--from", dest="from_", default=None, metavar="ANNOTATIONS.json",
-                    help="fine-tune the shipped matcher on your COCO annotations instead")
+                    help="fine-tune the shipped model on your COCO annotations instead")
     tr.add_argument("--images", default=None, help="with --from: the folder of its images")
-    tr.add_argument("--out", default=None, help="with --from: a new model folder to write")
+    tr.add_argument("--out", default=None, help="with --from: the model folder to write (new, "
+                    "or one holding only the other model)")
+    tr.add_argument("--models", default=None, metavar="MODEL_DIR",
+                    help="with --from: start from this model folder's weights, not the shipped")
     tr.add_argument("--steps", type=int, default=None, help="with --from: training steps")
     tr.add_argument("--device", default=None)
     tr.add_argument("--no-resume", action="store_true", help="start over, ignoring checkpoints")
@@ -204,13 +207,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     if a.from_ is not None:
-        from .training.finetune import STEPS, finetune_matcher
+        from .training import finetune
 
-        if a.model != "matcher" or a.images is None or a.out is None:
-            raise InstannoError("fine-tuning is `instanno train matcher --from ANNOTATIONS.json "
-                                "--images DIR --out MODEL_DIR`")
-        cli_checks.device(a.device)
-        path = finetune_matcher(a.from_, a.images, a.out, a.steps or STEPS, a.device)
+        cli_checks.check_finetune(a)
+        base = finetune.base_weights(a.model, a.models)
+        if a.model == "matcher":
+            path = finetune.finetune_matcher(a.from_, a.images, a.out, a.steps or finetune.STEPS,
+                                             a.device, base)
+        else:
+            path = finetune.finetune_contour(a.from_, a.images, a.out,
+                                             a.steps or finetune.CONTOUR_STEPS, a.device, base)
         print(f"weights -> {path}; use them with --models {a.out}")
         return 0
     if a.config is None:

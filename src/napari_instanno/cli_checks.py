@@ -246,6 +246,17 @@ def check_demo(a: argparse.Namespace) -> None:
     _models(a)
 
 
+def check_finetune(a: argparse.Namespace) -> None:
+    """``instanno train MODEL --from``: its images and output folder given, the device, and the
+    model folder to start from (``--models``) if given."""
+    if a.images is None or a.out is None:
+        raise InstannoError(f"fine-tuning is `instanno train {a.model} --from ANNOTATIONS.json "
+                            "--images DIR --out MODEL_DIR`")
+    device(a.device)
+    if a.models is not None:
+        input_folder(a.models, "--models")
+
+
 def check_train(a: argparse.Namespace) -> None:
     """Every argument of ``instanno train`` (the recipe itself is checked when it is loaded)."""
     input_file(a.config, "--config")
