@@ -18,6 +18,7 @@ from .components import DEFAULT_MIN_SCORE as DEFAULT_MIN_SCORE  # re-exported
 from .components import Matcher, Outliner
 from .duplicates import duplicates_suppressed
 from .guard import label_method
+from .outline_memo import OutlineMemo
 from .policy import tiling_plan
 from .references import check_references, embed_references, not_negative, representative
 
@@ -94,6 +95,7 @@ class Annotator:
         self._rgb: np.ndarray | None = None
         self._ready: set[str] = set()
         self.last_adaptation: dict[str, float] = {}  # the latest find_similar's (adapt.adapted)
+        self._memo = OutlineMemo()  # candidates outlined on this image (``outline_memo``)
 
     def set_image(self, image: Any, value_range: Any = None) -> Annotator:
         """Use ``image`` (numpy, dask or zarr; (H, W) or (H, W, C)) for the next prompts.
@@ -105,6 +107,7 @@ class Annotator:
         self._rgb = rgb
         self.image_shape = rgb.shape[:2]
         self._ready = set()
+        self._memo.clear()
         return self
 
     def _shape(self) -> tuple[int, int]:
@@ -159,7 +162,7 @@ class Annotator:
         h, w = self.image_shape
         boxes, scores = clip_boxes(boxes[keep], (0, 0, w, h)), scores[keep]
         now = scores >= (score_threshold if outline_threshold is None else outline_threshold)
-        polygons = self._component("outliner").outline(boxes[now]) if now.any() else []
+        polygons = self._outline_candidates(boxes[now]) if now.any() else []
         keep = duplicates_suppressed(polygons, scores[now])  # two outlines of one object: the better
         inst = Instances(polygons=[polygons[i] for i in keep], boxes=boxes[now][keep],
                          scores=scores[now][keep], categories={1: category})
@@ -172,6 +175,10 @@ class Annotator:
             inst = Instances.concat([inst, rest])
         return label_method(inst, reference)
 
+    def _outline_candidates(self, boxes: np.ndarray) -> list[np.ndarray]:
+        """Outlines of the matcher's candidates, reusing those of earlier prompts on this image."""
+        return self._memo.outline(boxes, self._component("outliner").outline)
+
     def outline(self, inst: Instances, min_score: float = 0.0) -> Instances:
         """``inst`` from ``find_similar(..., outline_threshold=)`` on the current image, with its
         stand-ins scoring at least ``min_score`` outlined and the ones that then duplicate a better
@@ -182,7 +189,7 @@ class Annotator:
         if not len(todo):
             return inst
         polygons = list(inst.polygons)
-        for i, poly in zip(todo, self._component("outliner").outline(inst.boxes[todo]), strict=True):
+        for i, poly in zip(todo, self._outline_candidates(inst.boxes[todo]), strict=True):
             polygons[i] = poly
         done = flag.astype(bool)
         done[todo] = True
