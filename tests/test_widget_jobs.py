@@ -182,7 +182,7 @@ def test_models_load_in_the_background_when_the_widget_opens(make_napari_viewer,
     viewer.window.add_dock_widget(widget)
     widget._matcher.value, widget._outliner.value = "ncc", "otsu"
     qtbot.waitUntil(lambda: bool(built), timeout=TIMEOUT_MS)  # before any click
-    assert built == [(("ncc", "otsu"), "instanno-model-load")]  # once, for the final choice
+    assert built == [(("ncc", "otsu", ""), "instanno-model-load")]  # once, for the final choice
     assert widget.run() is not None
     _wait(qtbot, widget)
     assert len(built) == 1 and len(widget.result_layer().data) > 10  # the click reused it

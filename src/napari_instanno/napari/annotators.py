@@ -26,15 +26,17 @@ def model_choices(kind: str) -> list[str]:
     return [n for n in names if n not in ("learned", "guarded") or shipped_path(WEIGHTS[kind])]
 
 
+Names = tuple[str, str, str]  # (matcher, outliner, model folder: "" for the shipped weights)
 OUTLINE_STEP = 64  # stand-ins outlined between two progress reports (and cancel checks)
 
 
-def _build(names: tuple[str, str]) -> Any:
-    """A new Annotator for (matcher, outliner) ``names``; a failure is one ``InstannoError``."""
+def _build(names: Names) -> Any:
+    """A new Annotator for (matcher, outliner, model folder) ``names``; a failure is one
+    ``InstannoError``."""
     from ..inference.annotator import Annotator
 
     try:
-        return Annotator(matcher=names[0], outliner=names[1])
+        return Annotator(matcher=names[0], outliner=names[1], models=names[2] or None)
     except InstannoError:
         raise
     except Exception as err:
@@ -51,7 +53,7 @@ class Pending:
     results: Any
     indices: tuple
     key: tuple
-    names: tuple[str, str]
+    names: Names
     plane: Any
     category: str
     inst: Instances
@@ -78,13 +80,13 @@ class AnnotatorCache:
 
     def __init__(self) -> None:
         self._annotator: Any = None
-        self._names: tuple[str, str] | None = None
+        self._names: Names | None = None
         self._image_key: tuple | None = None
-        self._loading: tuple[tuple[str, str], Future] | None = None
+        self._loading: tuple[Names, Future] | None = None
         self._state = threading.Lock()  # guards the fields above (held briefly)
         self._use = threading.Lock()  # held by the job using the Annotator
 
-    def preload(self, names: tuple[str, str]) -> None:
+    def preload(self, names: Names) -> None:
         """Start building the Annotator for ``names`` in a background thread (if not done)."""
         with self._state:
             if self._names == names or (self._loading is not None and self._loading[0] == names):
@@ -102,7 +104,7 @@ class AnnotatorCache:
         # process from torch's C++ side, "terminate called without an active exception")
         threading.Thread(target=load, name="instanno-model-load", daemon=False).start()
 
-    def get(self, names: tuple[str, str], image_key: tuple, plane: Any) -> Any:
+    def get(self, names: Names, image_key: tuple, plane: Any) -> Any:
         """The Annotator for ``names``, with ``plane`` set if ``image_key`` changed (``plane``
         None: leave the image unset, e.g. for tiled runs). Call it from the worker thread."""
         with self._state:
@@ -119,7 +121,7 @@ class AnnotatorCache:
             self._image_key = image_key
         return self._annotator
 
-    def find_similar(self, names: tuple[str, str], image_key: tuple, plane: Any, box: np.ndarray,
+    def find_similar(self, names: Names, image_key: tuple, plane: Any, box: np.ndarray,
                      category: str, tiled: bool, report: Callable, cancelled: Callable,
                      outline_threshold: float | None = None, negatives: Any = None) -> Instances:
         """Every instance similar to ``box`` (one or several) and unlike ``negatives`` in
@@ -142,7 +144,7 @@ class AnnotatorCache:
         report(2, 2)
         return inst
 
-    def find_similar_stack(self, names: tuple[str, str], image_key: tuple, plane: Any,
+    def find_similar_stack(self, names: Names, image_key: tuple, plane: Any,
                            stack: Any, box: np.ndarray, ref_plane: int, category: str,
                            score_threshold: float, report: Callable, cancelled: Callable
                            ) -> Instances:
@@ -154,7 +156,7 @@ class AnnotatorCache:
                 stack, box, ref_plane, category=category, score_threshold=score_threshold,
                 progress=report, cancel=cancelled)
 
-    def outline_more(self, names: tuple[str, str], image_key: tuple, plane: Any,
+    def outline_more(self, names: Names, image_key: tuple, plane: Any,
                      inst: Instances, min_score: float, report: Callable, cancelled: Callable,
                      step: int = OUTLINE_STEP) -> Instances:
         """``inst`` (from ``find_similar``) with its stand-ins scoring >= ``min_score`` outlined
@@ -174,7 +176,7 @@ class AnnotatorCache:
         report(len(todo), len(todo))
         return inst
 
-    def outline(self, names: tuple[str, str], image_key: tuple, plane: Any, boxes: np.ndarray,
+    def outline(self, names: Names, image_key: tuple, plane: Any, boxes: np.ndarray,
                 report: Callable) -> list[np.ndarray]:
         """One polygon per box."""
         report(0, 1)
@@ -183,7 +185,7 @@ class AnnotatorCache:
         report(1, 1)
         return polys
 
-    def refine(self, names: tuple[str, str], image_key: tuple, plane: Any,
+    def refine(self, names: Names, image_key: tuple, plane: Any,
                shapes: list[np.ndarray], report: Callable, cancelled: Callable
                ) -> list[np.ndarray]:
         """The napari polygon vertices ``shapes`` refined, as corner-frame (row, col) polygons."""

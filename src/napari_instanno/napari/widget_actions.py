@@ -43,7 +43,8 @@ class WidgetActions:
         # every reference rectangle, and what was accepted (positives) / rejected (negatives)
         box, negatives = choose_references(reference_boxes(self._viewer),
                                            *results.reviewed(category, indices), plane.shape[:2])
-        used = f"{len(box)} positive(s), {len(negatives)} negative(s)"
+        used = f"{len(box)} positive(s), {len(negatives)} negative(s)" + (
+            f" with models '{Path(names[2]).name}'" if names[2] else "")
         tiled = runs_tiled(self.image_layer, plane)
         shown = float(self._threshold.value)  # outlined first; the rest when the slider goes down
 
@@ -207,6 +208,7 @@ class WidgetActions:
         keep = self._keep_rejected.value if include_rejected is None else include_rejected
         out = save_instances(path, inst, results.layer.metadata, results.layer.name,
                              format_for(path, fmt), include_rejected=keep)
+        self._saved_to = out
         left = 0 if keep else inst.num_rejected
         note = f" ({left} rejected left out; tick \"keep rejected\" to save them)" if left else ""
         self._say(f"saved {len(inst) - left} instances to {out.name}{note}")

@@ -104,3 +104,11 @@ class WidgetAPI:
         layer.selected_data = {int(i) for i in indices}
         self.refine_selected()
         return self.wait(timeout)
+
+    def fine_tune(self, steps: int | None = None, wait: bool = True, timeout: float = 1800.0
+                  ) -> Any:
+        """Press *Fine-tune on accepted* (``steps`` per model; default a few minutes' worth) and,
+        with ``wait``, wait for it: {"matcher": path, "contour": path} of the new model folder,
+        now the widget's model choice (None if cancelled). Without ``wait``: the worker."""
+        worker = self.fine_tune_accepted(steps)
+        return self.wait(timeout) if wait else worker

@@ -9,6 +9,7 @@ displayed 2D plane of the chosen layer (``prompts``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..inference.annotator import DEFAULT_MIN_SCORE
 from ._sample_data import CATEGORY, REFERENCE
 from .annotators import AnnotatorCache, Pending, model_choices
 from .files import ask_load_path, ask_save_path
+from .finetuning import FineTuneActions, folder_choices
 from .jobs import JobRunner, shows_errors
 from .prompts import (
     displayed_plane,
@@ -47,11 +49,11 @@ if TYPE_CHECKING:
 ACCEPT_KEY, REJECT_KEY = "y", "n"
 
 
-class FindSimilarWidget(WidgetActions, WidgetAPI, Container):
+class FindSimilarWidget(WidgetActions, FineTuneActions, WidgetAPI, Container):
     """Dock widget: reference box -> similar instances as editable, reviewable polygons.
 
-    The buttons' actions are public methods (``WidgetActions``); ``WidgetAPI`` adds the ones a
-    notebook needs.
+    The buttons' actions are public methods (``WidgetActions``, ``FineTuneActions``);
+    ``WidgetAPI`` adds the ones a notebook needs.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -59,6 +61,8 @@ class FindSimilarWidget(WidgetActions, WidgetAPI, Container):
         self._image = create_widget(label="image", annotation="napari.layers.Image")
         self._matcher = ComboBox(label="matcher", choices=model_choices("matcher"))
         self._outliner = ComboBox(label="outliner", choices=model_choices("outliner"))
+        self._models = ComboBox(label="models", choices=folder_choices(), tooltip="the shipped "
+                                "weights, or a folder fine-tuned on your annotations")
         self._category = LineEdit(label="category", value="object")
         self._draw = PushButton(text="Draw reference box")
         self._run = PushButton(text="Find similar")
@@ -75,6 +79,8 @@ class FindSimilarWidget(WidgetActions, WidgetAPI, Container):
                                                                                           "Reject"))
         self._box2poly = PushButton(text="Box → polygon")
         self._refine = PushButton(text="Refine selected")
+        self._finetune = PushButton(text="Fine-tune on accepted", tooltip="train the matcher "
+                                    "(and the outliner) on the accepted shapes of this image")
         self._save_coco = PushButton(text="Save COCO")
         self._save_geojson = PushButton(text="Save GeoJSON")
         self._load = PushButton(text="Load")
@@ -88,21 +94,25 @@ class FindSimilarWidget(WidgetActions, WidgetAPI, Container):
             return Container(widgets=widgets, layout="horizontal", labels=False)
 
         super().__init__(widgets=[
-            self._image, self._matcher, self._outliner, self._category,
+            self._image, self._matcher, self._outliner, self._models, self._category,
             row(self._draw, self._run, self._cancel), self._bar, self._threshold,
             row(self._accept, self._reject, self._accept_all),
             row(self._all_planes, self._accept_track, self._reject_track),
-            row(self._box2poly, self._refine),
+            row(self._box2poly, self._refine, self._finetune),
             row(self._save_coco, self._save_geojson, self._load), self._keep_rejected, self._info,
         ])
         self._jobs = JobRunner(self._bar, self._say, self._on_busy)
         self._annotators = AnnotatorCache()
         self._pending: Pending | None = None  # the last run's candidates not outlined yet
-        for choice in (self._matcher, self._outliner):  # deferred: read both once both are set
-            choice.changed.connect(lambda *_: QTimer.singleShot(0, self._preload))
+        self._saved_to: Path | None = None  # the last annotations file saved (fine-tune goes there)
+        # deferred (read every choice once all are set); the widget's own timer: gone with it
+        preload = QTimer(self.native, singleShot=True, interval=0)
+        preload.timeout.connect(self._preload)
+        for choice in (self._matcher, self._outliner, self._models):
+            choice.changed.connect(lambda *_: preload.start())
         jobs = self._jobs  # not through self: its wrapper may be gone when Qt destroys the widget
         self.native.destroyed.connect(lambda *_: jobs.close())
-        QTimer.singleShot(0, self._preload)  # the models load while the user draws a reference
+        preload.start()  # the models load while the user draws a reference
 
         # buttons and keys show an InstannoError as a notification; called from code, it is raised
         for button, action in [
@@ -111,7 +121,8 @@ class FindSimilarWidget(WidgetActions, WidgetAPI, Container):
             (self._accept_all, self.accept_all), (self._box2poly, self.box_to_polygon),
             (self._accept_track, lambda: self.review_tracks("accepted")),
             (self._reject_track, lambda: self.review_tracks("rejected")),
-            (self._refine, self.refine_selected), (self._save_coco, lambda: self._ask("coco")),
+            (self._refine, self.refine_selected), (self._finetune, self.fine_tune_accepted),
+            (self._save_coco, lambda: self._ask("coco")),
             (self._save_geojson, lambda: self._ask("geojson")), (self._load, lambda: self._ask(None)),
         ]:
             button.changed.connect(shows_errors(lambda *_, act=action: act(), self._say))
@@ -128,10 +139,15 @@ class FindSimilarWidget(WidgetActions, WidgetAPI, Container):
         self._info.value = text
 
     def _preload(self, *_: Any) -> None:
-        self._annotators.preload((self._matcher.value, self._outliner.value))
+        self._annotators.preload(self._names())
+
+    def _names(self) -> tuple[str, str, str]:
+        """(matcher, outliner, model folder; "" for the shipped weights)."""
+        return self._matcher.value, self._outliner.value, self._models.value
 
     def _on_busy(self, busy: bool) -> None:
-        self._run.enabled, self._cancel.enabled = not busy, busy
+        self._run.enabled = self._finetune.enabled = not busy
+        self._cancel.enabled = busy
 
     @property
     def image_layer(self) -> Any:
@@ -182,7 +198,7 @@ class FindSimilarWidget(WidgetActions, WidgetAPI, Container):
         image = self.image_layer
         plane, indices = displayed_plane(self._viewer, image)
         key = (id(image), id(image.data), indices)
-        return plane, indices, key, (self._matcher.value, self._outliner.value)
+        return plane, indices, key, self._names()
 
     def _category_name(self) -> str:
         return self._category.value.strip() or "object"

@@ -1,0 +1,99 @@
+"""The widget's *Fine-tune on accepted* (#17): refused politely with fewer than 3 accepted shapes,
+progress while it trains in the background, Cancel leaves nothing behind, and the new model
+folder joins the model choice, is chosen, and the next run uses it; nothing accepted changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torchvision  # noqa: F401  (before any viewer: see test_widgets)
+from napari.utils.notifications import notification_manager
+
+from napari_instanno.models.weights import shipped_path
+from napari_instanno.napari.finetuning import USER_MODELS_ENV, training_set
+from napari_instanno.napari.layers import all_shapes
+from napari_instanno.napari.widgets import FindSimilarWidget
+
+from .conftest import docked_widget
+
+pytestmark = [pytest.mark.gui, pytest.mark.skipif(
+    shipped_path("matcher") is None or shipped_path("contour") is None,
+    reason="needs the shipped weights")]
+TIMEOUT_MS = 120_000
+
+
+def _errors_since(n: int) -> list[str]:
+    return [str(r.message) for r in notification_manager.records[n:]
+            if r.severity.name == "ERROR"]
+
+
+def _snapshot(layer):
+    data, _, feats = all_shapes(layer)
+    return [np.array(v) for v in data], list(feats["status"])
+
+
+def test_fine_tune_on_accepted(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv(USER_MODELS_ENV, str(tmp_path / "user"))
+    viewer = make_napari_viewer()
+    widget = docked_widget(viewer)
+    assert widget._models.choices == ("",)  # the shipped weights only
+    widget.find_similar()
+    layer = viewer.layers["nuclei instances"]
+    widget.accept([0, 1])
+    seen = len(notification_manager.records)
+    widget._finetune.native.click()  # the button: a one-line notification, nothing started
+    assert not widget.busy
+    err = _errors_since(seen)
+    assert len(err) == 1 and "at least 3 accepted shapes" in err[0] and "has 2" in err[0]
+    assert "\n" not in err[0] and widget._info.value == err[0]
+
+    widget.accept_all()
+    before = _snapshot(layer)
+    n_accepted = before[1].count("accepted")
+    widget.fine_tune(steps=500, wait=False)  # long: cancelled after its first steps
+    assert widget.busy and not widget._run.enabled and widget._cancel.enabled
+    qtbot.waitUntil(lambda: widget._bar.value >= 1, timeout=TIMEOUT_MS)
+    assert widget._bar.max == 1000  # the matcher's steps, then the contour regressor's
+    assert widget._info.value == "Fine-tune..."
+    widget._cancel.native.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert widget._info.value == "cancelled; nothing changed"
+    assert not any((tmp_path / "user").glob("*")) and widget._models.choices == ("",)
+
+    widget.save(tmp_path / "mine.json")  # the next folder goes next to the saved annotations
+    made = widget.fine_tune(steps=1)
+    folder = tmp_path / "mine-model"
+    assert made == {"matcher": folder / "matcher.safetensors",
+                    "contour": folder / "contour.safetensors"}
+    assert (folder / "matcher.md").is_file() and (folder / "contour.md").is_file()
+    assert widget._models.value == str(folder) and widget._models.current_choice == \
+        f"{tmp_path.name}/mine-model"
+    assert (widget._matcher.value, widget._outliner.value) == ("learned", "learned")
+    assert f"on {n_accepted} accepted shapes" in widget._info.value
+    assert "contour regressor" in widget._info.value and str(folder) in widget._info.value
+    after = _snapshot(layer)  # nothing the user accepted moved or changed status
+    assert after[1] == before[1] and all(np.array_equal(a, b) for a, b in zip(after[0], before[0]))
+
+    widget.find_similar()  # the re-run uses the new folder
+    assert "with models 'mine-model'" in widget._info.value
+    assert widget._annotators._names == ("learned", "learned", str(folder))
+    kept = _snapshot(layer)
+    accepted = [v for v, s in zip(*before) if s == "accepted"]
+    assert all(any(np.array_equal(a, v) for v in kept[0]) for a in accepted)
+
+    again = FindSimilarWidget(viewer)  # a later session offers it too
+    viewer.window.add_dock_widget(again)
+    assert str(folder) in again._models.choices
+
+
+def test_training_set_keeps_accepted_on_the_plane_and_boxes_as_boxes():
+    from napari_instanno.instances import Instances
+
+    square = np.array([[0, 0], [0, 10], [10, 10], [10, 0.0]])
+    diamond = np.array([[0, 5], [5, 10], [10, 5], [5, 0.0]])
+    inst = Instances(polygons=[square, diamond, diamond + 20, diamond + 40],
+                     status=np.array(["accepted", "accepted", "rejected", "accepted"], object),
+                     properties={"plane": np.array([0, 0, 0, 1])})
+    train, outlined = training_set(inst, (0,))
+    assert len(train) == 2 and outlined == 1
+    assert len(train.polygons[0]) == 0 and np.allclose(train.boxes[0], [0, 0, 10, 10])
