@@ -22,11 +22,13 @@ import torch
 
 from ..errors import InstannoError
 from ..geometry import resample_polygon
+from ..io.atomic import read_json
 from ..models.contour import ContourRegressor
 from ..models.weights import load_safetensors, save_fp16
 from .datasets import CocoFolder, shared_folder
 from .losses import align_start, contour_loss, rasterize
 from .recipes import load_config
+from .synthetic_shapes import shape_crops, texture_images
 
 GT_POINTS = 128  # ground-truth resampling for the masks; every other point gives the N=64 targets
 
@@ -36,7 +38,13 @@ def _cache_source(src: dict, size: int, context: float, rng: np.random.Generator
                   ) -> dict[str, torch.Tensor]:
     from torchvision.ops import roi_align
 
-    data = CocoFolder(shared_folder(src["folder"]))
+    root = shared_folder(src["folder"])
+    data = CocoFolder(root)
+    anns = read_json(data.annotations, "COCO").get("annotations") or []
+    if anns and not any(a.get("segmentation") for a in anns):
+        raise InstannoError(f"{root} has boxes only (no annotation has a 'segmentation'): the "
+                            "contour regressor learns outlines from masks or polygons; remove it "
+                            "from data.sources (box-only folders can train the matcher)")
     crops, polys, boxes = [], [], []
     for sample in data.samples[:src.get("max_images")]:
         inst = sample.instances
@@ -61,25 +69,40 @@ def _cache_source(src: dict, size: int, context: float, rng: np.random.Generator
         polys.append((gt - origin) / extent * size)
         boxes.append((box - win[:, [0, 1, 0, 1]]) / extent[:, 0][:, [1, 0, 1, 0]] * size)
     if not crops:
-        raise InstannoError(f"no usable instances in {src['folder']}")
+        raise InstannoError(f"{root}: no usable instance (none with a polygon and a box side of "
+                            f"at least min_size={src.get('min_size', 2)} px); lower min_size or "
+                            "remove the folder from data.sources")
     return {"crops": torch.cat(crops), "polys": torch.cat(polys), "boxes": torch.cat(boxes)}
+
+
+def source_name(src: dict) -> str:
+    """A data source's folder, or ``synthetic``."""
+    return src.get("folder", "synthetic")
 
 
 def load_cache(src: dict, data_cfg: dict, seed: int) -> dict[str, torch.Tensor]:
     """Cached crops (uint8), GT polygons and boxes (in cached-crop pixels) of one source.
 
     ``src`` holds ``folder`` and optionally ``max_images`` (the first ones), ``max_per_image``
-    (a seeded random subset) and ``min_size`` (smallest box side in pixels).
+    (a seeded random subset) and ``min_size`` (smallest box side in pixels); or ``synthetic``:
+    ``count`` shapes (``synthetic_shapes.shape_crops``) textured from ``folders`` (up to
+    ``max_images`` images of each), with up to ``neighbours`` other shapes around each.
     """
     src = {k: v for k, v in src.items() if k not in ("weight", "jitter")}
     key = json.dumps([src, data_cfg["cache_size"], data_cfg["cache_context"], seed, GT_POINTS, 2],
                      sort_keys=True)
-    tag = src["folder"].replace("/", "_") + "_" + hashlib.sha1(key.encode()).hexdigest()[:10]
+    tag = source_name(src).replace("/", "_") + "_" + hashlib.sha1(key.encode()).hexdigest()[:10]
     path = Path(data_cfg["cache_dir"]) / f"{tag}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
     rng = np.random.default_rng(seed)
-    cache = _cache_source(src, data_cfg["cache_size"], data_cfg["cache_context"], rng)
+    if "synthetic" in src:
+        syn = src["synthetic"]
+        images = texture_images(syn["folders"], syn.get("max_images", 40), seed)
+        cache = shape_crops(images, syn["count"], seed + 1, data_cfg["cache_size"],
+                            data_cfg["cache_context"], syn.get("neighbours", 3))
+    else:
+        cache = _cache_source(src, data_cfg["cache_size"], data_cfg["cache_context"], rng)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(cache, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
@@ -217,7 +240,7 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
     val = load_cache(dcfg["val"], dcfg, cfg["seed"])
     vjit = dcfg["val"].get("jitter", 0.1)
     sizes = [len(c["crops"]) for c in caches]
-    print(f"training crops per source: {dict(zip([s['folder'] for s in dcfg['sources']], sizes))}; "
+    print(f"training crops per source: {dict(zip(map(source_name, dcfg['sources']), sizes))}; "
           f"val crops: {len(val['crops'])}", flush=True)
 
     model = build_model(cfg).to(device)
