@@ -111,6 +111,10 @@ def test_train_contour_from_my_polygons_alone_or_next_to_a_matcher(saved, tmp_pa
     r, c = centres[5]
     poly = tuned.set_image(img).boxes_to_polygons(np.array([[c - 9, r - 9, c + 9, r + 9]]))[0]
     assert np.abs(poly.mean(axis=0) - (r, c)).max() < 3  # still outlines the disc
+    imsave(tmp_path / "new.png", (np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
+    assert main(["predict", str(tmp_path / "new.png"), "--box", str(c - 9), str(r - 9), "18", "18",
+                 "--models", str(alone), "--device", "cpu", "--out", str(tmp_path / "o.json")]) == 0
+    assert len(json.loads((tmp_path / "o.json").read_text())["annotations"]) == 1
 
     both = tmp_path / "both"  # a folder with a fine-tuned matcher takes the contour next to it
     assert main(["train", "matcher", "--from", str(ann), "--images", str(imgs), "--out", str(both),

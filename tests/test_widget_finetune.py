@@ -65,7 +65,8 @@ def test_fine_tune_on_accepted(make_napari_viewer, qtbot, tmp_path, monkeypatch)
     folder = tmp_path / "mine-model"
     assert made == {"matcher": folder / "matcher.safetensors",
                     "contour": folder / "contour.safetensors"}
-    assert (folder / "matcher.md").is_file() and (folder / "contour.md").is_file()
+    for card in ("matcher.md", "contour.md"):
+        assert f"{n_accepted} accepted shapes of 'nuclei instances'" in (folder / card).read_text()
     assert widget._models.value == str(folder) and widget._models.current_choice == \
         f"{tmp_path.name}/mine-model"
     assert (widget._matcher.value, widget._outliner.value) == ("learned", "learned")

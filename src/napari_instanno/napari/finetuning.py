@@ -98,8 +98,10 @@ def training_set(inst: Instances, plane: tuple[int, ...] = ()) -> tuple[Instance
 
 
 def fine_tune(plane: np.ndarray, inst: Instances, out: Path, steps: dict[str, int],
-              base: str | None, report: Callable, cancelled: Callable) -> dict[str, Path] | None:
-    """Fine-tune on ``inst`` in ``plane`` into ``out`` (the background work); None if cancelled."""
+              base: str | None, source: str, report: Callable, cancelled: Callable
+              ) -> dict[str, Path] | None:
+    """Fine-tune on ``inst`` in ``plane`` into ``out`` (the background work; ``source`` says
+    in the cards where the shapes came from); None if cancelled."""
     import tifffile
 
     from ..io.coco import write_coco
@@ -118,10 +120,15 @@ def fine_tune(plane: np.ndarray, inst: Instances, out: Path, steps: dict[str, in
         write_coco(Path(tmp) / "accepted.json",
                    [({"id": 1, "file_name": "image.tif", "height": h, "width": w}, inst)])
         try:
-            return finetune_models(Path(tmp) / "accepted.json", Path(tmp) / "images", out, steps,
+            made = finetune_models(Path(tmp) / "accepted.json", Path(tmp) / "images", out, steps,
                                    base=base or None, on_step=on_step)
         except Cancelled:
             return None
+    for kind in steps:
+        with open(out / f"{kind}.md", "a") as card:
+            card.write(f"- From the napari widget: {source} (the files above were a temporary "
+                       "copy)\n")
+    return made
 
 
 class FineTuneActions:
@@ -148,9 +155,11 @@ class FineTuneActions:
         out = new_folder(saved.resolve().parent, f"{saved.stem}-model") if saved is not None \
             else new_folder(user_models_dir(), f"{self.image_layer.name}-model")
         data, t0 = np.asarray(plane), time.monotonic()
+        source = (f"{len(train)} accepted shapes of {results.layer.name!r}, image "
+                  f"{self.image_layer.name!r}" + (f" plane {indices}" if indices else ""))
 
         def work(report: Callable, cancelled: Callable) -> dict[str, Path] | None:
-            return fine_tune(data, train, out, kinds, names[2], report, cancelled)
+            return fine_tune(data, train, out, kinds, names[2], source, report, cancelled)
 
         def done(made: dict[str, Path] | None) -> None:
             if made is None:
@@ -158,7 +167,8 @@ class FineTuneActions:
             remember(out)
             label = _label(out)
             self._models.set_choice(label, str(out))
-            self._matcher.value = "learned"
+            if self._matcher.value not in ("learned", "guarded"):  # those use the folder
+                self._matcher.value = "learned"
             if "contour" in kinds:
                 self._outliner.value = "learned"
             self._models.value = str(out)
