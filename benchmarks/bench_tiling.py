@@ -97,8 +97,10 @@ def child(args: argparse.Namespace) -> None:
     baselines.MAX_DETECTIONS = 10**7  # the untiled baseline must not be capped at 2000
     arr = zarr.open_array(args.image, mode="r")
     ann = Annotator(matcher=args.matcher, outliner=args.outliner, device=args.device)
-    if args.half:
-        ann.matcher.half = True
+    for comp in (ann.matcher, ann.outliner):  # inference.precision
+        if hasattr(comp, "precision"):
+            comp.precision = args.precision
+            comp.to(args.device)
     vr = as_source(arr).value_range()
     warm = np.asarray(arr[:512, :512])  # first-use imports and allocations stay out of the timing
     find_similar_tiled(ann, warm, ref_box(), tile_size=256, value_range=vr)
@@ -138,7 +140,7 @@ def run_child(image: Path, table: Path, mode: str, args: argparse.Namespace) -> 
            *(["--workers", str(args.workers)] if args.workers else []),
            *(["--cluster", str(args.cluster)] if args.cluster else []),
            *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
-           *(["--half"] if args.half else [])]
+           "--precision", args.precision]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
@@ -220,8 +222,8 @@ def main() -> None:
     p.add_argument("--no-untiled", action="store_true", help="skip the untiled comparison")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per batched pass (default: 8 on a GPU, 1 on the CPU)")
-    p.add_argument("--half", action="store_true",
-                   help="learned matcher in float16 autocast (for a GPU)")
+    p.add_argument("--precision", default="auto",
+                   help="learned models: auto | float32 | bfloat16 | float16 (inference.precision)")
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="both runs; NCC's own cut-off (0.2) lets noise peaks flip with FFT rounding")
     p.add_argument("--workdir", default=None, help="where the zarr images go (default: a tmpdir)")

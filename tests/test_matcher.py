@@ -293,15 +293,17 @@ def test_shipped_matcher_finds_half_to_twice_the_reference_size() -> None:
     assert len(set(top.argmax(axis=1).tolist())) == len(discs)          # each by its own box
 
 
-def test_half_precision_finds_the_same_nuclei_and_keeps_float32_references() -> None:
-    """float16 autocast (the GPU fast path, emulated on the CPU) gives the float32 detections;
-    its references are float32, so they work with a float32 matcher and on any device."""
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_reduced_precision_finds_the_same_nuclei_and_keeps_float32_references(precision) -> None:
+    """float16 (the GPU fast path, emulated on the CPU) and bfloat16 autocast (the default on
+    CPUs with AMX) give the float32 detections; their references are float32, so they work with
+    a float32 matcher and on any device."""
     from napari_instanno.image import to_rgb01
     from napari_instanno.samples import nuclei_sample
 
     image, ref = nuclei_sample()
     rgb = to_rgb01(image)
-    full, half = LearnedMatcher(), LearnedMatcher(half=True)
+    full, half = LearnedMatcher(precision="float32"), LearnedMatcher(precision=precision)
     for m in (full, half):
         m.set_image(rgb)
     b32, s32 = full.find(full.embed_reference(ref))

@@ -368,12 +368,13 @@ def test_table_stream_and_exports(ann, untiled, tmp_path):
 
 @pytest.fixture(scope="module")
 def learned():
-    """The shipped models, the nuclei sample (small nuclei: the matcher upscales) and its
-    whole-image result."""
+    """The shipped models in float32 (the tiling logic must give the same numbers; reduced
+    precision: ``test_learned_tiled_agree_in_the_default_precision``), the nuclei sample (small
+    nuclei: the matcher upscales) and its whole-image result."""
     from napari_instanno.samples import nuclei_sample
 
     image, ref = nuclei_sample()
-    ann = Annotator(matcher="learned", outliner="learned", device="cpu")
+    ann = Annotator(matcher="learned", outliner="learned", device="cpu", precision="float32")
     assert ann.matcher.scale_for(ref) > 1
     untiled = ann.set_image(image).find_similar(ref, score_threshold=0.5)
     assert len(untiled) >= 10
@@ -393,6 +394,17 @@ def test_learned_models_tiled_agree_with_untiled(learned, monkeypatch):
     reads = _record_reads(monkeypatch)
     auto = ann.find_similar(ref, score_threshold=0.5)
     assert len(reads) >= 2 and _match(untiled, auto, image.shape[:2]).min() >= 0.95
+
+
+def test_learned_tiled_agree_in_the_default_precision(learned):
+    """In the default precision (bfloat16 on CPUs with AMX) rounding differs between a tile and
+    the whole image: the same instances, outlines within a few pixels."""
+    _, image, ref, _ = learned
+    ann = Annotator(matcher="learned", outliner="learned", device="cpu")
+    untiled = ann.set_image(image).find_similar(ref, score_threshold=0.5)
+    tiled = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5, workers=1)
+    ious = _match(untiled, tiled, image.shape[:2])
+    assert ious.mean() >= 0.98 and ious.min() >= 0.9
 
 
 def test_batches_stack_only_windows_of_one_shape():

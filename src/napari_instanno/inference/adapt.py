@@ -126,7 +126,7 @@ def _fit(learned: Any, refs: ReferenceSet, params: list, steps: int, seconds: fl
     c0 = np.clip(np.round(labelled[:, 1] - side_w / 2) // ratio * ratio, 0, w - side_w).astype(int)
     crops = {s: torch.cat([feats[s][:, :, r // (s // fine):(r + side_h) // (s // fine),
                                     c // (s // fine):(c + side_w) // (s // fine)]
-                           for r, c in zip(r0, c0, strict=True)]).clone()
+                           for r, c in zip(r0, c0, strict=True)]).float()  # trained in float32
              for s in feats}
     # per window: +1 at positive centre cells, 0 near negative centres, None elsewhere
     target = torch.zeros(len(labelled), side_h, side_w)

@@ -80,17 +80,21 @@ class Annotator:
     ``outliner`` is ``"learned"``, ``"otsu"`` or ``"ellipse"``. Boxes are (x0, y0, x1, y1) in
     pixels; polygons come back as (row, col) arrays (see ``geometry``). ``models``: a folder
     of weights (``training.finetune``) used instead of the shipped ones where it has them.
+    ``precision``: the learned models' float type (``inference.precision``; "auto": bfloat16 on
+    CPUs with AMX, else float32).
     """
 
     def __init__(self, matcher: str | None = None, outliner: str | None = None,
-                 device: str | None = None, models: str | Path | None = None) -> None:
+                 device: str | None = None, models: str | Path | None = None,
+                 precision: str = "auto") -> None:
         self.device = device or default_device()
         if models is not None and not any((Path(models) / f"{w}.safetensors").is_file()
                                           for w in WEIGHTS.values()):
             raise InstannoError(f"models folder {models} holds no matcher.safetensors or "
                                 "contour.safetensors; make one with `instanno train matcher --from`")
-        self.matcher: Matcher = _build("matcher", matcher, self.device, models)
-        self.outliner: Outliner = _build("outliner", outliner, self.device, models)
+        self.matcher: Matcher = _build("matcher", matcher, self.device, models, precision=precision)
+        self.outliner: Outliner = _build("outliner", outliner, self.device, models,
+                                         precision=precision)
         self.image_shape: tuple[int, int] | None = None
         self._rgb: np.ndarray | None = None
         self._ready: set[str] = set()

@@ -15,6 +15,7 @@ from ..errors import InstannoError
 from ..models.matcher import PEAK_WINDOW, MatcherConfig, OneShotMatcher
 from ..models.weights import load_safetensors, models_dir, read_metadata, shipped_path
 from .components import warn_if_capped
+from .precision import autocast, autocast_dtype
 
 PAD = 32
 CNN_CONTEXT = 64  # pixels of context beyond which the features barely change
@@ -49,18 +50,19 @@ class LearnedMatcher:
     similar size only cost the cross-attention and heads. ``threshold`` is the lowest score kept,
     ``max_detections`` the most boxes returned and ``nms_iou`` the overlap above which the weaker
     of two boxes is dropped.
-    ``half`` runs the network in float16 autocast (a GPU's fast path; references stay float32).
-    It is off by default until measured on a GPU: under CPU autocast it finds the same nuclei on
-    the sample (``test_half_precision_finds_the_same_nuclei_and_keeps_float32_references``).
+    ``precision`` (``inference.precision``): ``"auto"`` runs the network in bfloat16 autocast on
+    CPUs with AMX, float32 elsewhere; ``"float16"`` is a GPU's fast path. References stay float32
+    (``test_reduced_precision_finds_the_same_nuclei_and_keeps_float32_references``).
     """
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
                  threshold: float = 0.05, max_detections: int = 5000, nms_iou: float = 0.5,
                  min_reference_side: float = 36.0, max_upscale: float = 4.0,
                  max_reference_side: float = 112.0, max_downscale: float = 4.0,
-                 half: bool = False, **_: object) -> None:
+                 precision: str = "auto", **_: object) -> None:
         self.device = device
-        self.half = bool(half)
+        self.precision = precision
+        self.dtype = autocast_dtype(device, precision)
         self.model = load_matcher(weights, device)
         self.threshold = threshold
         self.max_detections = max_detections
@@ -78,15 +80,15 @@ class LearnedMatcher:
         """Run on ``device`` from now on (features are recomputed there)."""
         self.model.to(device)
         self.device = device
+        self.dtype = autocast_dtype(device, self.precision)
         self.features = self.feature_scale = None
         return self
 
     def _inference(self) -> contextlib.ExitStack:
-        """Inference mode, in float16 autocast when ``half``."""
+        """Inference mode, in autocast to ``self.dtype`` (``inference.precision``)."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        stack.enter_context(torch.autocast(torch.device(self.device).type, dtype=torch.float16,
-                                           enabled=self.half))
+        stack.enter_context(autocast(self.device, self.dtype))
         return stack
 
     def set_image(self, rgb: np.ndarray) -> None:
