@@ -9,16 +9,13 @@ import pytest
 import torchvision  # noqa: F401  (before any viewer: see test_widgets)
 from napari.utils.notifications import notification_manager
 
-from napari_instanno.models.weights import shipped_path
 from napari_instanno.napari.finetuning import USER_MODELS_ENV, training_set
 from napari_instanno.napari.layers import all_shapes
 from napari_instanno.napari.widgets import FindSimilarWidget
 
 from .conftest import docked_widget
 
-pytestmark = [pytest.mark.gui, pytest.mark.skipif(
-    shipped_path("matcher") is None or shipped_path("contour") is None,
-    reason="needs the shipped weights")]
+pytestmark = pytest.mark.gui
 TIMEOUT_MS = 120_000
 
 
