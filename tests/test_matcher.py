@@ -316,3 +316,13 @@ def test_reduced_precision_finds_the_same_nuclei_and_keeps_float32_references(pr
     assert (iou.max(axis=1) >= 0.9).mean() >= 0.98
     mixed = full.find(r16)[1]  # a float16-made reference in a float32 matcher
     assert abs(int((mixed >= 0.3).sum()) - int(k32.sum())) <= 1
+
+
+def test_a_reference_too_large_even_downscaled_is_a_one_line_error() -> None:
+    m = LearnedMatcher(precision="float32")
+    m.set_image(np.zeros((2400, 2400, 3), np.float32))
+    assert m.scale_for(np.array([0, 0, 440, 440.0])) == 0.25  # matched at 110 px: fine
+    with pytest.raises(InstannoError, match="the reference is 1000 px across; .* up to 896 px "
+                                            r"\(the image downscaled 4x\)") as err:
+        m.embed_reference(np.array([100, 100, 1100, 1100.0]))
+    assert "\n" not in str(err.value) and m.features is None  # refused before any feature pass

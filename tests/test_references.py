@@ -102,6 +102,8 @@ def test_pool_keeps_the_best_score_per_place_and_drops_what_a_negative_scores_hi
     ([[10, 10, 20, 20]], [[-50, -50, -10, -10]], "negative box 1 .* outside"),
     ([], None, "no reference box"),
     ([[1, 2, 3]], None, "4 numbers"),
+    ([[0, 0, 192, 150]], None, "the reference box covers 78% of the 192x192 image, leaving no room"),
+    ([[10, 10, 30, 30], [-10, 0, 150, 170]], None, "reference box 2 covers 69%"),
 ])
 def test_bad_references_get_one_line_that_says_what_to_do(refs, negatives, message):
     with pytest.raises(InstannoError, match=message) as err:

@@ -135,12 +135,24 @@ class LearnedMatcher:
         if not (box[2] > box[0] and box[3] > box[1]):
             raise InstannoError(f"reference box {box.tolist()} is empty")
         scale = self.scale_for(box)
+        self.check_reference_size(box, scale)
         feats = self._features(scale)
         with self._inference():
             scaled = torch.as_tensor(box * scale, device=self.device)[None]
             ref = self.model.embed_reference(feats, scaled)
             ref = self.model.with_peaks(feats, ref, (scaled[:, :2] + scaled[:, 2:]) / 2)
         return {**_on(ref, self.device), "scale": scale}
+
+    def check_reference_size(self, box: np.ndarray, scale: float) -> None:
+        """A one-line error for a reference still more than twice ``max_reference_side`` after
+        the largest downscaling (the matcher was trained on references up to 128 px)."""
+        side = float(np.sqrt((box[2] - box[0]) * (box[3] - box[1])))
+        limit = 2 * self.max_reference_side / scale
+        if self.max_reference_side > 0 and side > limit:
+            raise InstannoError(
+                f"the reference is {side:.0f} px across; the learned matcher takes references up "
+                f"to {limit:.0f} px (the image downscaled {1 / scale:.0f}x): open a downscaled "
+                "image (a lower pyramid level) or choose matcher='ncc'")
 
     def reference_extent(self, box: np.ndarray) -> float:
         """Half-side (image pixels) of the window around a box's centre that ``embed_reference``

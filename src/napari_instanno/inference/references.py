@@ -31,8 +31,9 @@ CONFLICT_IOU = 0.5  # a negative this close to a positive is the same object: a 
 # scores a rejected near-miss (a box half on a nucleus) about as high as the positives on every
 # nucleus, and without a margin such a negative drops true matches at random
 NEGATIVE_MARGIN = 0.2
-MAX_SIZE_RATIO = 6.0
-POOLING = "max"  # the largest positive's side over the smallest's (geometric mean sides)
+MAX_SIZE_RATIO = 6.0  # the largest positive's side over the smallest's (geometric mean sides)
+MAX_IMAGE_SHARE = 0.5  # a reference covering more of the image leaves no room for others
+POOLING = "max"  # how several positives' scores combine at a place: "max" or "mean"
 
 
 def as_boxes(boxes: Any, what: str) -> np.ndarray:
@@ -72,6 +73,13 @@ def check_references(refs: Any, negatives: Any, shape: tuple[int, int]
     neg = as_boxes(negatives, "negative boxes")
     if len(neg):
         neg = np.stack([check_box(b, shape, f"negative box {i + 1}") for i, b in enumerate(neg)])
+    share = (pos[:, 2] - pos[:, 0]) * (pos[:, 3] - pos[:, 1]) / float(shape[0] * shape[1])
+    if share.max() > MAX_IMAGE_SHARE:
+        i = int(share.argmax())
+        name = f"reference box {i + 1}" if many else "the reference box"
+        raise InstannoError(
+            f"{name} covers {share[i]:.0%} of the {shape[1]}x{shape[0]} image, leaving no room "
+            "for similar instances; draw the box around one instance")
     sides = side(pos)
     if sides.max() > MAX_SIZE_RATIO * sides.min():
         i, j = int(sides.argmax()), int(sides.argmin())
