@@ -93,7 +93,9 @@ def test_bad_images(ncc):
     with pytest.raises(InstannoError, match="shape"):
         ncc.set_image(np.zeros((2, 3, 4, 5)))
     tiny = Annotator(matcher="ncc", outliner="otsu").set_image(np.ones((1, 1), np.uint8))
-    assert len(tiny.find_similar([0, 0, 1, 1])) <= 1
+    with pytest.raises(InstannoError, match="covers 100% of the 1x1 image, leaving no room"):
+        tiny.find_similar([0, 0, 1, 1])
+    assert len(tiny.box_to_polygon([0, 0, 1, 1])) >= 3  # one instance filling it: box -> polygon
     with pytest.raises(InstannoError, match="no image"):
         Annotator(matcher="ncc", outliner="ellipse").find_similar([0, 0, 5, 5])
 
