@@ -33,7 +33,8 @@ from napari_instanno.training.evaluate import reference_index
 
 SHOWN = 0.3  # what the widget shows by default
 FOLDERS = ("airbus-aircraft/val", "crowdai-buildings/val", "dsb2018/val", "usiigaci-phase/val")
-METHODS = {"learned": ("guarded", False), "learned+adapt": ("guarded", True), "ncc": ("ncc", False)}
+METHODS = {"learned": ("learned", False), "learned+adapt": ("learned", True),  # the default matcher
+           "guarded": ("guarded", False), "ncc": ("ncc", False)}
 REPORT_ROUNDS = (0, 1, 3, 5)
 
 
@@ -126,9 +127,9 @@ def simulate(ann: Annotator, rgb: np.ndarray, gt: np.ndarray, ref: int, rounds: 
 
 
 def run_folder(folder: Path, method: str, rounds: int, max_images: int | None,
-               device: str) -> dict:
+               device: str, models: str | None = None) -> dict:
     matcher, adapt = METHODS[method]
-    ann = Annotator(matcher=matcher, outliner="ellipse", device=device)
+    ann = Annotator(matcher=matcher, outliner="ellipse", device=device, models=models)
     runs, t0 = [], time.perf_counter()
     for sample in CocoFolder(folder).samples[:max_images]:
         inst = sample.instances
@@ -197,17 +198,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--folders", nargs="+", default=list(FOLDERS))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=["learned", "learned+adapt", "ncc"],
+                   choices=list(METHODS))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--max-images", type=int, default=None, help="first N images of each folder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--pooling", choices=["mean", "max"], default=None,
+                   help="how several positives' scores combine (default: references.POOLING)")
+    p.add_argument("--models", default=None, help="a model folder instead of the shipped weights")
     p.add_argument("--adapt-timing", action="store_true",
                    help="only time adaptation on a 1024x1024 image")
     a = p.parse_args()
     import torch
 
     torch.set_num_threads(1)
+    if a.pooling:
+        from napari_instanno.inference import references
+
+        references.POOLING = a.pooling
     if a.adapt_timing:
         print(json.dumps(adapt_timing(a.device)))
         return
@@ -215,7 +224,7 @@ def main() -> None:
     for folder in a.folders:
         for method in a.methods:
             rows.append(run_folder(Path(a.data) / folder, method, a.rounds, a.max_images,
-                                   a.device))
+                                   a.device, a.models))
             rows[-1]["folder"] = folder
             print(json.dumps(rows[-1]), flush=True)
             if a.json:
