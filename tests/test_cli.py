@@ -129,6 +129,19 @@ def test_evaluate_both_modes_on_discs(disc_dataset, tmp_path, capsys):
     assert "| dataset |" in capsys.readouterr().out
 
 
+def test_evaluate_takes_a_model_folder(disc_dataset, tmp_path):
+    from napari_instanno.models.weights import shipped_path
+
+    folder = tmp_path / "tuned"  # a fine-tuned folder holding only a contour regressor
+    folder.mkdir()
+    (folder / "contour.safetensors").write_bytes(shipped_path("contour").read_bytes())
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(disc_dataset), "--mode", "box2poly", "--models", str(folder),
+                 "--outliner", "learned", "--device", "cpu", "--json", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["outliner"] == "learned" and m["instances"] == 32 and m["mIoU"] > 0.7
+
+
 def test_demo_writes_coco_geojson_and_overlay(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-viewer", *FAST]) == 0
@@ -382,6 +395,8 @@ def test_bad_evaluate_arguments(disc_dataset, tmp_path, capsys, no_models_no_pix
     (tmp_path / "m.json").write_text("{}")
     assert main(["evaluate", str(disc_dataset), "--json", str(tmp_path / "m.json"), *FAST]) == 2
     assert "exists; pass --overwrite" in _one_error_line(capsys)
+    assert main(["evaluate", str(disc_dataset), "--models", str(tmp_path / "none"), *FAST]) == 2
+    assert "--models" in _one_error_line(capsys)
 
 
 def test_box_to_polygon_before_set_image_says_what_to_do():

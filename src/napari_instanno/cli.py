@@ -48,8 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"keep matches scoring at least this (default {DEFAULT_MIN_SCORE})")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _model_args(pr)
-    pr.add_argument("--models", default=None,
-                    help="a model folder (instanno train matcher --from) instead of the shipped weights")
+    _models_arg(pr)
     pr.add_argument("--level", type=int, default=0, help="multiscale level to read")
     side = int(IN_MEMORY_PIXELS ** 0.5)
     tiles = pr.add_argument_group(f"large images (tiled; automatic above {side}x{side} pixels)")
@@ -77,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     _model_args(ev)
+    _models_arg(ev)
 
     tr = sub.add_parser("train", help="train a model from a config file")
     tr.add_argument("model", choices=("matcher", "contour"))
@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the traceback of an error")
     return p
+
+
+def _models_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=None,
+                   help="a model folder (instanno train matcher --from) instead of the shipped weights")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -194,9 +199,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .training.evaluate import evaluate_box2poly, evaluate_oneshot, format_table
 
     if a.mode == "oneshot":
-        res = evaluate_oneshot(a.dataset, a.matcher, a.outliner, a.max_images, a.device)
+        res = evaluate_oneshot(a.dataset, a.matcher, a.outliner, a.max_images, a.device,
+                               models=a.models)
     else:
-        res = evaluate_box2poly(a.dataset, a.outliner, max_images=a.max_images, device=a.device)
+        res = evaluate_box2poly(a.dataset, a.outliner, max_images=a.max_images, device=a.device,
+                                models=a.models)
     print(format_table([{"dataset": str(a.dataset), "mode": a.mode, **res}]))
     if a.json:
         from .io.atomic import write_json_atomic

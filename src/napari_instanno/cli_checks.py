@@ -183,6 +183,8 @@ def _models(a: argparse.Namespace) -> None:
 
     component("matcher", a.matcher, MATCHERS)
     component("outliner", a.outliner, OUTLINERS)
+    if getattr(a, "models", None) is not None:
+        input_folder(a.models, "--models")
 
 
 def check_predict(a: argparse.Namespace) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:

@@ -89,14 +89,15 @@ def _coco_eval(gt: Any, results: list[dict], image_ids: list[int], iou_type: str
 
 def evaluate_oneshot(folder: str | Path, matcher: str | None = None, outliner: str | None = None,
                      max_images: int | None = None, device: str | None = None,
-                     segm: bool = True) -> dict[str, Any]:
+                     segm: bool = True, models: str | Path | None = None) -> dict[str, Any]:
     """One-shot episodes on a COCO folder; returns bbox (and segm) AP, AP50, AP75.
 
     A folder whose ground truth is boxes only (no segmentation) gets bbox metrics only.
     """
     data = CocoFolder(folder)
     gt = ground_truth(data.annotations)
-    ann = Annotator(matcher=matcher, outliner=outliner if segm else "ellipse", device=device)
+    ann = Annotator(matcher=matcher, outliner=outliner if segm else "ellipse", device=device,
+                    models=models)
     segm = segm and gt.has_masks
     results, image_ids, t0 = [], [], time.perf_counter()
     for sample in data.samples[:max_images]:
@@ -131,11 +132,11 @@ def jitter_boxes(boxes: np.ndarray, fraction: float, rng: np.random.Generator) -
 
 def evaluate_box2poly(folder: str | Path, outliner: str | None = None, jitter: float = 0.1,
                       seed: int = 0, max_images: int | None = None, device: str | None = None,
-                      ) -> dict[str, Any]:
+                      models: str | Path | None = None) -> dict[str, Any]:
     """Outline every jittered ground-truth box; mean IoU, boundary F@1/2 px, median vertices."""
     data = CocoFolder(folder)
     gt = ground_truth(data.annotations)
-    ann = Annotator(matcher="ncc", outliner=outliner, device=device)
+    ann = Annotator(matcher="ncc", outliner=outliner, device=device, models=models)
     ann.outliner.tolerance = 0.0  # metrics use the full polygon
     rng = np.random.default_rng(seed)
     ious, f1, f2, nverts = [], [], [], []
