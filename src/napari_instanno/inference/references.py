@@ -1,11 +1,13 @@
 """Several references of one kind, and negatives: what the user wants and what they do not.
 
 Any matcher works: each positive reference is matched on its own and the detections of all of
-them are pooled: the places are the union after non-maximum suppression, each scored by the mean
-over the positives of that reference's score there (0 where it finds nothing), so a place needs
-the support of most references. Taking the best score instead (``POOLING = "max"``) let every
-added reference bring its own false matches (``benchmarks/bench_corrections.py``, RESULTS.md). Each
-negative is matched the same way; a candidate is dropped where a negative's detection at the
+them are pooled: the places are the union after non-maximum suppression, each scored by the best
+score of any positive there (``POOLING = "max"``), or by the mean over the positives (0 where one
+finds nothing: a place then needs the support of most references, ``"mean"``). Neither wins
+everywhere (``benchmarks/bench_corrections.py --pooling``, RESULTS.md): with the stage-3 weights
+mean lifted crowdai-buildings/val after 3 rounds from 0.07 to 0.50 and lowered airbus-aircraft/val
+from 0.47 to 0.27; with the generic weights max was ahead on buildings (0.61 / 0.55) and behind on
+aircraft (0.96 / 0.99). Each negative is matched the same way; a candidate is dropped where a negative's detection at the
 same place (box IoU >= ``SAME_PLACE``) scores higher than the candidate's best positive score
 (``pool``), and wherever it is a negative box itself (``not_negative``). ``PooledMatcher`` wraps
 a matcher so that the tiler (``tiling.find_similar_tiled``) runs a ``ReferenceSet`` tile by tile
