@@ -140,3 +140,14 @@ def test_the_cli_takes_several_ref_boxes_and_negative_boxes(tmp_path, capsys):
     assert main([*args, str(tmp_path / "bad.json"), "--negative-box", *xywh(disc)]) == 2
     err = capsys.readouterr().err.strip()
     assert "negative box 1 covers reference box 1" in err and "\n" not in err
+
+
+def test_the_evaluate_protocol_never_picks_a_reference_find_similar_refuses():
+    from napari_instanno.training.evaluate import reference_index
+
+    boxes = np.array([[10, 10, 190, 150], [20, 20, 30, 30], [30, 30, 190, 190], [5, 5, 9, 9.0]])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    ref = reference_index(boxes, areas, (192, 192))
+    assert ref in (1, 3)  # the two large ones cover over half of the image: not references
+    check_references(boxes[ref], None, (192, 192))  # accepted
+    assert reference_index(boxes[[0, 2]], areas[[0, 2]], (192, 192)) is None

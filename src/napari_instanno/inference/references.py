@@ -7,11 +7,11 @@ finds nothing: a place then needs the support of most references, ``"mean"``). N
 everywhere (``benchmarks/bench_corrections.py --pooling``, RESULTS.md): with the stage-3 weights
 mean lifted crowdai-buildings/val after 3 rounds from 0.07 to 0.50 and lowered airbus-aircraft/val
 from 0.47 to 0.27; with the generic weights max was ahead on buildings (0.61 / 0.55) and behind on
-aircraft (0.96 / 0.99). Each negative is matched the same way; a candidate is dropped where a negative's detection at the
-same place (box IoU >= ``SAME_PLACE``) scores higher than the candidate's best positive score
-(``pool``), and wherever it is a negative box itself (``not_negative``). ``PooledMatcher`` wraps
-a matcher so that the tiler (``tiling.find_similar_tiled``) runs a ``ReferenceSet`` tile by tile
-like a single reference.
+aircraft (0.96 / 0.99). Each negative is matched the same way; a candidate is dropped where a
+negative's detection at the same place (box IoU >= ``SAME_PLACE``) scores higher than the
+candidate's best positive score (``pool``), and wherever it is a negative box itself
+(``not_negative``). ``PooledMatcher`` wraps a matcher so that the tiler
+(``tiling.find_similar_tiled``) runs a ``ReferenceSet`` tile by tile like a single reference.
 """
 
 from __future__ import annotations

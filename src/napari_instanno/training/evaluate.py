@@ -34,9 +34,14 @@ SIMPLIFY_TOLERANCE = 0.7
 
 
 def reference_index(boxes: np.ndarray, areas: np.ndarray, shape: tuple[int, int]) -> int | None:
-    """Index of the median-area instance whose box does not touch the image border."""
+    """Index of the median-area instance whose box does not touch the image border and leaves
+    room for others (at most ``references.MAX_IMAGE_SHARE`` of the image, as ``find_similar``
+    requires)."""
+    from ..inference.references import MAX_IMAGE_SHARE
+
     h, w = shape
     inner = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w) & (boxes[:, 3] < h)
+    inner &= (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) <= MAX_IMAGE_SHARE * h * w
     idx = np.flatnonzero(inner)
     if len(idx) == 0:
         return None
