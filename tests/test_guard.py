@@ -129,7 +129,7 @@ def test_large_references_are_matched_on_a_downscaled_image() -> None:
 
 
 def test_generic_weights_find_the_coins_on_their_own() -> None:
-    """The stage-4 (generic) matcher in ``models/generic`` finds the coins without the guard."""
+    """The generic matcher (stage 5) in ``models/generic`` finds the coins without the guard."""
     ann = Annotator(models=Path(__file__).parents[1] / "models" / "generic", device="cpu")
     image, ref = coins_sample()
     inst = ann.set_image(image).find_similar(ref, score_threshold=DEFAULT_MIN_SCORE)
