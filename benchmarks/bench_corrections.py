@@ -4,12 +4,13 @@ Per image, round 0 is the ``evaluate`` protocol's one reference (the median-area
 border). In each later round the simulated user rejects the highest-scoring shown false positive
 (score >= 0.3, box IoU < 0.5 with every ground-truth instance), which becomes a negative, and adds
 the largest missed instance (no shown detection with IoU >= 0.5; within the references' size
-range) as a reference; the tool re-runs with all of them. Scores are on the held-out instances:
-the ground truth never given as a reference in the run (the same instances in every round), with
-detections matching any of those references dropped, so re-finding them earns nothing. Actions
-per instance: the first reference, every rejection and addition, and the instances still missed
-after the last round drawn by hand, over the instances (drawing every instance with box -> polygon
-is 1 action per instance).
+range) as a reference; the tool re-runs with all of them. Once every instance is found the user
+stops (no more rejections: the issue counts actions until every instance is found or drawn).
+Scores are on the held-out instances: the ground truth never given as a reference in the run (the
+same instances in every round), with detections matching any of those references dropped, so re-
+finding them earns nothing. Actions per instance: the first reference, every rejection and
+addition, and the instances still missed after the last round drawn by hand, over the instances
+(drawing every instance with box -> polygon is 1 action per instance).
 
     python benchmarks/bench_corrections.py --data ../shared/data --max-images 10 --json out.json
 """
@@ -108,6 +109,11 @@ def simulate(ann: Annotator, rgb: np.ndarray, gt: np.ndarray, ref: int, rounds: 
         if r == rounds:
             break
         shown = boxes[scores >= SHOWN]
+        found = matched(shown, gt)
+        found[refs] = True
+        if found.all():  # nothing left to find: the user stops correcting
+            out["dets"] += [out["dets"][-1]] * (rounds - r)
+            break
         if len(shown):
             false = ~matched(gt, shown) if len(gt) else np.ones(len(shown), dtype=bool)
             if false.any():
@@ -115,8 +121,7 @@ def simulate(ann: Annotator, rgb: np.ndarray, gt: np.ndarray, ref: int, rounds: 
                 negs.append(shown[worst].tolist())
         sides = side(gt)
         lo, hi = sides[refs].max() / MAX_SIZE_RATIO, sides[refs].min() * MAX_SIZE_RATIO
-        missed = np.flatnonzero(~matched(shown, gt) & (sides >= lo) & (sides <= hi))
-        missed = np.setdiff1d(missed, refs)
+        missed = np.flatnonzero(~found & (sides >= lo) & (sides <= hi))
         if len(missed):
             refs.append(int(missed[np.argmax(sides[missed])]))
     boxes, scores = out["dets"][-1]
