@@ -7,8 +7,8 @@ the largest missed instance (no shown detection with IoU >= 0.5; within the refe
 range) as a reference; the tool re-runs with all of them. Once every instance is found the user
 stops (no more rejections: the issue counts actions until every instance is found or drawn).
 Scores are on the held-out instances: the ground truth never given as a reference in the run (the
-same instances in every round), with detections matching any of those references dropped, so re-
-finding them earns nothing. Actions per instance: the first reference, every rejection and
+same instances in every round), with detections matching any of those references dropped, so
+re-finding them earns nothing. Actions per instance: the first reference, every rejection and
 addition, and the instances still missed after the last round drawn by hand, over the instances
 (drawing every instance with box -> polygon is 1 action per instance).
 
