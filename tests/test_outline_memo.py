@@ -24,10 +24,12 @@ def test_a_box_like_a_remembered_one_reuses_its_outline_and_others_are_outlined(
     memo, fn = OutlineMemo(), Counting()
     first = memo.outline(np.array([[0, 0, 20, 20], [50, 50, 70, 70]], float), fn)
     again = memo.outline(np.array([[0.5, 0, 20, 20.5], [100, 100, 120, 120]], float), fn)
-    assert again[0] is first[0]  # IoU 0.95 >= REUSE_IOU: the first outline, not a new one
+    np.testing.assert_array_equal(again[0], first[0])  # IoU 0.95 >= REUSE_IOU: the first outline
+    again[0][0, 0] = -1.0  # editing what came back leaves the remembered outline alone
+    np.testing.assert_array_equal(memo.outline(np.array([[0, 0, 20, 20.0]]), fn)[0], first[0])
     assert len(fn.asked) == 2 and fn.asked[1].tolist() == [[100, 100, 120, 120]]
     shifted = memo.outline(np.array([[3, 0, 23, 20]], float), fn)  # IoU 0.74: outlined anew
-    assert shifted[0] is not first[0] and len(fn.asked) == 3 and len(memo) == 4
+    assert not np.array_equal(shifted[0], first[0]) and len(fn.asked) == 3 and len(memo) == 4
     memo.clear()
     memo.outline(np.array([[0, 0, 20, 20]], float), fn)
     assert len(fn.asked) == 4 and 0.74 < REUSE_IOU <= 0.95

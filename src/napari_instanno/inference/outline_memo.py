@@ -43,12 +43,12 @@ class OutlineMemo:
             best = iou.argmax(1)
             hit = iou[np.arange(len(boxes)), best] >= REUSE_IOU
             for i in np.flatnonzero(hit):
-                out[i] = self._polygons[best[i]]
+                out[i] = self._polygons[best[i]].copy()  # the caller may edit its copy
             todo = np.flatnonzero(~hit)
         if len(todo):
             new = list(outline(boxes[todo]))
             for i, poly in zip(todo, new, strict=True):
                 out[i] = poly
             self._boxes = np.concatenate([self._boxes, boxes[todo]])
-            self._polygons.extend(new)
+            self._polygons.extend(np.array(q, copy=True) for q in new)
         return out  # type: ignore[return-value]
