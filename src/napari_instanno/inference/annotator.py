@@ -48,14 +48,14 @@ def default_device() -> str:
 
 
 def _build(kind: str, name: str | None, device: str, models: Any = None, **kwargs: Any) -> Any:
-    from ..models.weights import shipped_path
+    from ..models.weights import weights_file
 
     table = MATCHERS if kind == "matcher" else OUTLINERS
-    own = Path(models) / f"{WEIGHTS[kind]}.safetensors" if models is not None else None
-    if own is not None and own.is_file():
-        kwargs["weights"] = own  # baselines ignore it
+    weights = weights_file(WEIGHTS[kind], models)
+    if weights is not None:
+        kwargs["weights"] = weights  # baselines ignore it
     if name is None:
-        name = DEFAULT[kind] if "weights" in kwargs or shipped_path(WEIGHTS[kind]) else FALLBACK[kind]
+        name = DEFAULT[kind] if weights is not None else FALLBACK[kind]
         if name == FALLBACK[kind]:
             warnings.warn(f"no shipped {kind} weights found; using the {name!r} baseline",
                           stacklevel=3)

@@ -46,6 +46,13 @@ def shipped_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def weights_file(name: str, folder: str | Path | None = None) -> Path | None:
+    """``folder``'s ``name.safetensors`` (a fine-tuned model folder) when it has one, else the
+    shipped checkpoint; None when neither exists."""
+    own = Path(folder) / f"{name}.safetensors" if folder is not None else None
+    return own if own is not None and own.is_file() else shipped_path(name)
+
+
 def save_fp16(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None
               ) -> Path:
     """Save a model's floating-point state as fp16 safetensors (integer buffers kept as they are)."""

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InstannoError
-from ..geometry import polygon_box
+from ..geometry import polygon_area, polygon_box
 from ..inference.policy import IN_MEMORY_PIXELS
 from ..instances import Instances
 from ..training.finetune import CONTOUR_STEPS, KINDS, MIN_INSTANCES, STEPS
@@ -79,9 +79,7 @@ def _is_box(poly: np.ndarray) -> bool:
     if len(poly) > 5:
         return False
     x0, y0, x1, y1 = polygon_box(poly)
-    r, c = poly[:, 0], poly[:, 1]
-    area = 0.5 * abs(np.dot(c, np.roll(r, 1)) - np.dot(r, np.roll(c, 1)))
-    return area >= 0.98 * (x1 - x0) * (y1 - y0)
+    return polygon_area(poly) >= 0.98 * (x1 - x0) * (y1 - y0)
 
 
 def training_set(inst: Instances, plane: tuple[int, ...] = ()) -> tuple[Instances, int]:

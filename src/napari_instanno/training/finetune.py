@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InstannoError
-from ..models.weights import models_dir, read_metadata, shipped_path
+from ..models.weights import models_dir, read_metadata, weights_file
 
 MIN_INSTANCES = 3
 STEPS = 300  # matcher: a few minutes on one CPU core at batch 4
@@ -114,8 +114,7 @@ def _contour_recipe(base: Path, data: Path, run: Path, steps: int, n_images: int
 
 def base_weights(kind: str, folder: str | Path | None = None) -> Path:
     """Where fine-tuning ``kind`` starts: ``folder``'s weights when it has them, else the shipped."""
-    own = Path(folder) / f"{kind}.safetensors" if folder is not None else None
-    path = own if own is not None and own.is_file() else shipped_path(kind)
+    path = weights_file(kind, folder)
     if path is None:
         raise InstannoError(f"no {kind} weights to start from: ship models/{kind}.safetensors")
     return path

@@ -180,9 +180,10 @@ def texture_images(folders: list[str], max_images: int, seed: int) -> list[np.nd
 
 
 def shape_crops(images: list[np.ndarray], count: int, seed: int, size: int = 144,
-                context: float = 2.0, neighbours: int = 3) -> dict[str, torch.Tensor]:
+                context: float = 2.0, neighbours: int = 3, points: int = 128
+                ) -> dict[str, torch.Tensor]:
     """``count`` synthetic crops in the crop cache's format: ``crops`` uint8 (N, 3, size, size),
-    ``polys`` (N, 128, 2) targets (row, col) and ``boxes`` (N, 4) (x0, y0, x1, y1), crop pixels;
+    ``polys`` (N, points, 2) targets (row, col) and ``boxes`` (N, 4) (x0, y0, x1, y1), crop pixels;
     the target's box is the central ``1 / context`` of the crop, as for the cached real crops."""
     if not images:
         raise ValueError("synthetic shapes need at least one image for textures")
@@ -191,7 +192,7 @@ def shape_crops(images: list[np.ndarray], count: int, seed: int, size: int = 144
     for _ in range(count):
         img, poly = _scene(images, size, context, neighbours, rng)
         crops.append(torch.from_numpy((img * 255).round().astype(np.uint8).transpose(2, 0, 1)))
-        polys.append(torch.as_tensor(resample_polygon(poly, 128), dtype=torch.float32))
+        polys.append(torch.as_tensor(resample_polygon(poly, points), dtype=torch.float32))
     p = torch.stack(polys)
     boxes = torch.cat([p[..., [1, 0]].amin(1), p[..., [1, 0]].amax(1)], dim=1)
     return {"crops": torch.stack(crops), "polys": p, "boxes": boxes}

@@ -100,7 +100,7 @@ def load_cache(src: dict, data_cfg: dict, seed: int) -> dict[str, torch.Tensor]:
         syn = src["synthetic"]
         images = texture_images(syn["folders"], syn.get("max_images", 40), seed)
         cache = shape_crops(images, syn["count"], seed + 1, data_cfg["cache_size"],
-                            data_cfg["cache_context"], syn.get("neighbours", 3))
+                            data_cfg["cache_context"], syn.get("neighbours", 3), GT_POINTS)
     else:
         cache = _cache_source(src, data_cfg["cache_size"], data_cfg["cache_context"], rng)
     path.parent.mkdir(parents=True, exist_ok=True)
