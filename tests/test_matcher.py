@@ -15,7 +15,13 @@ from napari_instanno.io.coco import write_coco
 from napari_instanno.models.matcher import MatcherConfig, OneShotMatcher, decode
 from napari_instanno.models.weights import save_fp16
 from napari_instanno.training.episodes import Episode, EpisodeConfig, EpisodeSampler
-from napari_instanno.training.train_matcher import collate, make_targets, matcher_loss
+from napari_instanno.training.train_matcher import (
+    _teacher,
+    collate,
+    distill_loss,
+    make_targets,
+    matcher_loss,
+)
 
 SMALL = MatcherConfig(strides=(8,), dim=32, ref_size=32, min_crop=32)
 KINDS = {1: (6.0, (1.0, 0.2, 0.2)), 2: (8.0, (0.2, 1.0, 0.2))}  # id: (half size, colour)
@@ -167,6 +173,38 @@ def test_training_tells_kinds_apart() -> None:
                 hits["targets"] += len(boxes[kind])
     assert hits["same"] >= 0.8 * hits["targets"], hits
     assert hits["other"] <= 0.1 * hits["targets"], hits
+
+
+def test_distillation_pulls_the_student_to_the_teacher_on_its_folders_only(random_weights
+                                                                           ) -> None:
+    torch.manual_seed(0)
+    teacher, folders, weight = _teacher(
+        {"teacher": str(random_weights), "folders": ["nuclei"], "weight": 0.5}, "cpu")
+    assert folders == {"nuclei"} and weight == 0.5
+    assert not any(p.requires_grad for p in teacher.parameters())
+    student = OneShotMatcher(MatcherConfig(strides=(8, 16), dim=16), pretrained=False)
+    images = torch.rand(2, 3, 64, 64)
+    crops, local = torch.rand(2, 3, 64, 64), torch.tensor([[16.0, 16, 48, 48]] * 2)
+    size = torch.tensor([[20.0, 20.0]] * 2)
+    with torch.no_grad():
+        t_maps = teacher.forward_maps(teacher.features(images), teacher.embed_crops(crops, local, size))
+    keep = torch.tensor([True, False])
+    assert float(distill_loss(t_maps, t_maps, keep)) == pytest.approx(0.0, abs=1e-4)
+    assert float(distill_loss(torch.zeros_like(t_maps), t_maps, torch.tensor([False, False]))) == 0
+
+    def loss() -> torch.Tensor:
+        ref = student.embed_crops(crops, local, size)
+        return distill_loss(student.forward_maps(student.features(images), ref), t_maps, keep)
+
+    opt = torch.optim.Adam(student.parameters(), 1e-2)
+    first = float(loss().detach())
+    assert first > 0.05
+    for _ in range(30):
+        opt.zero_grad()
+        out = loss()
+        out.backward()
+        opt.step()
+    assert float(loss().detach()) < 0.5 * first
 
 
 @pytest.fixture

@@ -90,13 +90,27 @@ def matcher_loss(maps: torch.Tensor, heat: torch.Tensor, reg: torch.Tensor, mask
     return {"loss": focal + off + size_weight * size, "focal": focal, "offset": off, "size": size}
 
 
+def distill_loss(maps: torch.Tensor, teacher: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Keep a teacher's behaviour on the episodes ``keep`` (B,) marks: the heatmap's KL divergence
+    (per-pixel Bernoulli) and L1 on offset and log size weighted by the teacher's heatmap, both
+    normalised by the teacher's total heatmap mass (about its number of detections)."""
+    if not keep.any():
+        return maps.sum() * 0.0
+    s, t = maps[keep].float(), teacher[keep].float()
+    pt = torch.sigmoid(t[:, 0])
+    kl = F.binary_cross_entropy_with_logits(s[:, 0], pt, reduction="none") \
+        - F.binary_cross_entropy_with_logits(t[:, 0], pt, reduction="none")
+    reg = ((s[:, 1:] - t[:, 1:]).abs().sum(1) * pt).sum()
+    return (kl.sum() + reg) / pt.sum().clamp(min=1.0)
+
+
 def collate(episodes: list[Episode], device: str) -> dict[str, Any]:
     def stack(name: str) -> torch.Tensor:
         return torch.from_numpy(np.stack([getattr(e, name) for e in episodes])).to(device)
 
     return {"image": stack("image"), "ref_crop": stack("ref_crop"),
             "ref_local": stack("ref_local"), "ref_size": stack("ref_size"),
-            "boxes": [e.boxes for e in episodes]}
+            "boxes": [e.boxes for e in episodes], "sources": [e.source for e in episodes]}
 
 
 def build(cfg: dict[str, Any], pretrained: bool = True) -> tuple[OneShotMatcher, EpisodeSampler]:
@@ -148,6 +162,7 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
     if cfg.get("init"):  # start from earlier weights (a later stage of a recipe)
         load_safetensors(model, cfg["init"])
     model.to(device).train()
+    teacher, distilled, distill_weight = _teacher(cfg.get("distill"), device)
     bb = [p for p in model.backbone.parameters() if p.requires_grad]
     rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     lr = float(cfg.get("lr", 1e-3))
@@ -186,6 +201,14 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
                                        model.stride, float(cfg.get("dense_regression", 0.0)))
         losses = matcher_loss(maps, heat.to(device), reg.to(device), mask.to(device),
                               float(cfg.get("size_weight", 1.0)))
+        if teacher is not None:
+            keep = torch.tensor([src.split(":")[0] in distilled for src in batch["sources"]],
+                                device=device)
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                t_maps = teacher.forward_maps(teacher.features(batch["image"]), teacher.embed_crops(
+                    batch["ref_crop"], batch["ref_local"], batch["ref_size"]))
+            losses["distill"] = distill_loss(maps, t_maps, keep)
+            losses["loss"] = losses["loss"] + distill_weight * losses["distill"]
         opt.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
         scaler.unscale_(opt)
@@ -209,6 +232,20 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
     meta = {"config": json.dumps(model.cfg.to_dict()), "steps": str(step),
             "recipe": Path(config).name}
     return save_fp16(model, out_dir / "matcher.safetensors", meta)
+
+
+def _teacher(spec: dict[str, Any] | None, device: str
+             ) -> tuple[OneShotMatcher | None, set[str], float]:
+    """The recipe's ``distill`` section: a frozen teacher (``teacher``: weights), the data folders
+    whose real episodes it teaches (``folders``) and the loss weight (``weight``)."""
+    if not spec:
+        return None, set(), 0.0
+    from ..inference.learned_matcher import load_matcher
+
+    teacher = load_matcher(spec["teacher"], device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher, set(spec.get("folders", [])), float(spec.get("weight", 1.0))
 
 
 def _save_checkpoint(path: Path, model, opt, scaler, rng, step: int) -> None:
