@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision import models as tvm
 
 from .weights import imagenet_state_dict
@@ -36,14 +36,17 @@ def _layers(arch: str, pretrained: bool) -> tuple[nn.Sequential, dict[int, tuple
 def fold_batchnorms(module: nn.Module) -> nn.Module:
     """Fold every BatchNorm that directly follows a convolution (siblings, in that order) into it.
 
-    In place, for inference: the BatchNorm becomes an ``Identity``.
+    In place, for inference: the convolution takes the folded weights (no copy of the module)
+    and the BatchNorm becomes an ``Identity``.
     """
     for parent in list(module.modules()):
         kids = list(parent.named_children())
-        for (conv_name, conv), (bn_name, bn) in zip(kids, kids[1:]):
+        for (_, conv), (bn_name, bn) in zip(kids, kids[1:]):
             if isinstance(conv, (nn.Conv1d, nn.Conv2d)) and \
                     isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+                conv.weight, conv.bias = fuse_conv_bn_weights(
+                    conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                    bn.bias)
                 setattr(parent, bn_name, nn.Identity())
     return module
 
