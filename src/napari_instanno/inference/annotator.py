@@ -87,9 +87,10 @@ class Annotator:
     def __init__(self, matcher: str | None = None, outliner: str | None = None,
                  device: str | None = None, models: str | Path | None = None,
                  precision: str = "auto") -> None:
+        from ..models.weights import holds_weights
+
         self.device = device or default_device()
-        if models is not None and not any((Path(models) / f"{w}.safetensors").is_file()
-                                          for w in WEIGHTS.values()):
+        if models is not None and not holds_weights(models):
             raise InstannoError(f"models folder {models} holds no matcher.safetensors or "
                                 "contour.safetensors; make one with `instanno train matcher --from`")
         self.matcher: Matcher = _build("matcher", matcher, self.device, models, precision=precision)

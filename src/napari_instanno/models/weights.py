@@ -53,6 +53,14 @@ def weights_file(name: str, folder: str | Path | None = None) -> Path | None:
     return own if own is not None and own.is_file() else shipped_path(name)
 
 
+MODEL_FILES = ("matcher", "contour")  # the weights a model folder may hold, as name.safetensors
+
+
+def holds_weights(folder: str | Path) -> bool:
+    """Whether ``folder`` is a model folder: it holds at least one of ``MODEL_FILES``."""
+    return any((Path(folder) / f"{name}.safetensors").is_file() for name in MODEL_FILES)
+
+
 def save_fp16(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None
               ) -> Path:
     """Save a model's floating-point state as fp16 safetensors (integer buffers kept as they are)."""

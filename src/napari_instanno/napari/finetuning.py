@@ -24,7 +24,8 @@ from ..errors import InstannoError
 from ..geometry import polygon_area, polygon_box
 from ..inference.policy import IN_MEMORY_PIXELS
 from ..instances import Instances
-from ..training.finetune import CONTOUR_STEPS, KINDS, MIN_INSTANCES, STEPS
+from ..models.weights import holds_weights
+from ..training.finetune import CONTOUR_STEPS, MIN_INSTANCES, STEPS
 from .prompts import runs_tiled
 
 USER_MODELS_ENV = "INSTANNO_USER_MODELS"
@@ -52,7 +53,7 @@ def folder_choices() -> list[tuple[str, str]]:
     listed = (root / ELSEWHERE).read_text().splitlines() if (root / ELSEWHERE).is_file() else []
     found = [*sorted(root.iterdir()), *map(Path, dict.fromkeys(listed))] if root.is_dir() else []
     return [SHIPPED, *((_label(p), str(p)) for p in found
-                       if any((p / f"{k}.safetensors").is_file() for k in KINDS))]
+                       if holds_weights(p))]
 
 
 def remember(folder: Path) -> None:

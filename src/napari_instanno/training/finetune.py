@@ -21,12 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InstannoError
-from ..models.weights import models_dir, read_metadata, weights_file
+from ..models.weights import MODEL_FILES, models_dir, read_metadata, weights_file
 
 MIN_INSTANCES = 3
 STEPS = 300  # matcher: a few minutes on one CPU core at batch 4
 CONTOUR_STEPS = 150  # contour: about as long at batch 16
-KINDS = ("matcher", "contour")
 OnStep = Callable[[int, int], None]
 
 
@@ -212,7 +211,7 @@ def finetune_models(annotations: str | Path, images: str | Path, out: str | Path
             on_step(done + n, total)
 
     try:
-        for kind in KINDS:
+        for kind in MODEL_FILES:
             if kind in steps:
                 trainer = finetune_matcher if kind == "matcher" else finetune_contour
                 made[kind] = trainer(annotations, images, out, steps[kind], device,
