@@ -60,12 +60,15 @@ def test_ncc_has_nothing_to_adapt():
     assert report == {}
 
 
-def test_a_set_of_references_is_embedded_at_one_scale(nuclei):
+def test_references_of_similar_sizes_are_embedded_at_one_scale(nuclei):
     ann, ref, _ = nuclei
     matcher = ann._component("matcher")
-    small = np.array([ref[0], ref[1], ref[0] + 10, ref[1] + 10])
-    large = np.array([100, 100, 130, 130.0])
-    assert matcher.scale_for(small) != matcher.scale_for(large)
-    refs = embed_references(matcher, np.stack([small, large, ref]), np.zeros((0, 4)))
-    assert len({r["scale"] for r in refs.positives}) == 1
+    side = np.sqrt((ref[2] - ref[0]) * (ref[3] - ref[1]))
+    smaller = np.array([ref[0], ref[1], ref[0] + 0.8 * side, ref[1] + 0.8 * side])
+    large = np.array([100, 100, 100 + 3 * side, 100 + 3 * side])
+    assert matcher.scale_for(smaller) != matcher.scale_for(ref) != matcher.scale_for(large)
+    refs = embed_references(matcher, np.stack([smaller, large, ref]), np.zeros((0, 4)))
+    scales = [r["scale"] for r in refs.positives]
+    assert scales[0] == scales[2] == matcher.scale_for(ref)  # within SHARED_SCALE: one pass
+    assert scales[1] == matcher.scale_for(large)  # 3x larger: its own scale
     assert "scale_for" not in vars(matcher)  # the method is back

@@ -151,3 +151,43 @@ def test_the_evaluate_protocol_never_picks_a_reference_find_similar_refuses():
     assert ref in (1, 3)  # the two large ones cover over half of the image: not references
     check_references(boxes[ref], None, (192, 192))  # accepted
     assert reference_index(boxes[[0, 2]], areas[[0, 2]], (192, 192)) is None
+
+
+def two_sizes_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Soft-edged discs of 12 px (16 of them) and 64 px (4) across on a dark noisy image: the
+    image, the small discs' boxes and the large ones'."""
+    rr, cc = np.mgrid[:384, :384] + 0.5
+    img = np.zeros((384, 384))
+    small = [(24 + 48 * i, 216 + 48 * j) for i in range(8) for j in range(2)][:16]
+    large = [(56 + 96 * i, 56 + 96 * j) for i in range(2) for j in range(2)]
+    for (y, x), r in [*((c, 6.0) for c in small), *((c, 32.0) for c in large)]:
+        img = np.maximum(img, np.clip(r - np.hypot(rr - y, cc - x) + 0.5, 0, 1))
+    img += np.random.default_rng(1).normal(0, 0.02, img.shape)
+    boxes = [np.array([[x - r, y - r, x + r, y + r] for y, x in cs]) for cs, r in
+             ((small, 6.0), (large, 32.0))]
+    return img.astype(np.float32), boxes[0], boxes[1]
+
+
+def test_references_far_apart_in_size_are_each_matched_at_their_own_scale() -> None:
+    from napari_instanno.geometry import box_iou
+    from napari_instanno.inference.references import embed_references, find_references
+
+    img, small, large = two_sizes_scene()
+    ann = Annotator(device="cpu", outliner="ellipse").set_image(img)
+    matcher = ann._component("matcher")
+    passes = []
+    compute = matcher._compute_features
+    matcher._compute_features = lambda x, s: passes.append(s) or compute(x, s)
+    refs = embed_references(matcher, np.stack([small[0], large[0]]), np.zeros((0, 4)))
+    scales = [r["scale"] for r in refs.positives]
+    assert scales[0] > 1.0 and scales[1] == 1.0  # the 12-px disc upscaled, the 64-px one not
+    close = embed_references(matcher, np.stack([small[0], small[1] + [0, 0, 1, 1]]),
+                             np.zeros((0, 4)))
+    assert len({r["scale"] for r in close.positives}) == 1  # similar sizes share one pass
+    passes.clear()
+    boxes, scores = find_references(matcher, refs)
+    assert sorted(passes) == passes and len(set(passes)) == len(passes) <= 2  # one per scale
+    shown = boxes[scores >= 0.2]  # at one shared scale: 2 of the 4 large discs, 18 boxes
+    for truth in (small, large):  # every disc of both sizes found with a box of its own size
+        assert (box_iou(truth, shown).max(1) >= 0.6).all()
+    assert len(shown) == len(small) + len(large)

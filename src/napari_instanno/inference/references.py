@@ -35,6 +35,12 @@ CONFLICT_IOU = 0.5  # a negative this close to a positive is the same object: a 
 NEGATIVE_MARGIN = 0.2
 MAX_SIZE_RATIO = 6.0  # the largest positive's side over the smallest's (geometric mean sides)
 MAX_IMAGE_SHARE = 0.5  # a reference covering more of the image leaves no room for others
+# references whose own image scales (``scale_for``) are within this factor of the median one's
+# share its feature pass; the others keep their own scale: at the median's, a reference 5x larger
+# or smaller is far outside the sizes the matcher was trained on, and its boxes and false matches
+# spoil the pooled result (bench_corrections: a second reference lost crowdai-buildings 5 of 36
+# buildings and added 11 badly placed boxes at one shared scale, none lost with its own)
+SHARED_SCALE = 1.5
 POOLING = "max"  # how several positives' scores combine at a place: "max" or "mean"
 
 
@@ -135,7 +141,7 @@ def embed_references(embed: Any, boxes: np.ndarray, negative_boxes: np.ndarray,
                      matcher: Any = None) -> ReferenceSet:
     """The references of each box: ``embed`` is a matcher (its current image) or a function of
     one box giving its reference (``matcher``: the one it uses). All are embedded at the scale
-    ``matcher`` picks for the median positive (``one_scale``)."""
+    ``matcher`` picks for the median positive where theirs is close to it (``one_scale``)."""
     one = getattr(embed, "embed_reference", embed)
     with one_scale(embed if matcher is None else matcher, boxes):
         refs = ReferenceSet([one(b) for b in boxes], [one(b) for b in negative_boxes],
@@ -148,17 +154,30 @@ def embed_references(embed: Any, boxes: np.ndarray, negative_boxes: np.ndarray,
 def one_scale(matcher: Any, boxes: np.ndarray) -> Iterator[None]:
     """Inside the block, a matcher that rescales the image for each reference (``scale_for``,
     the learned one, also behind a guard) uses the scale of the median box of ``boxes`` for
-    every box: one feature pass serves the whole set instead of one per scale."""
+    every box whose own scale is within ``SHARED_SCALE`` of it: one feature pass serves those
+    instead of one per scale."""
     learned = getattr(matcher, "learned", matcher)
     if len(boxes) < 2 or not callable(getattr(learned, "scale_for", None)):
         yield
         return
-    common = float(learned.scale_for(representative(boxes)))
-    learned.scale_for = lambda _box: common  # an instance attribute, shadowing the method
+    own = learned.scale_for
+    common = float(own(representative(boxes)))
+
+    def shared(box: np.ndarray) -> float:
+        s = float(own(box))
+        return common if max(s, common) / min(s, common) <= SHARED_SCALE else s
+
+    learned.scale_for = shared  # an instance attribute, shadowing the method
     try:
         yield
     finally:
         del learned.scale_for
+
+
+def _scale(reference: Any) -> float:
+    """The image scale a reference is matched at (1 for matchers that do not rescale)."""
+    ref = getattr(reference, "learned", reference)
+    return float(ref.get("scale", 1.0)) if isinstance(ref, dict) else 1.0
 
 
 def pool(positive: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -194,8 +213,12 @@ def pool(positive: Sequence[tuple[np.ndarray, np.ndarray]],
 def find_references(matcher: Any, refs: ReferenceSet) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (N, 4) and scores (N,) of everything like the positives and unlike the negatives
     in ``matcher``'s current image, best first."""
-    return pool([matcher.find(r) for r in refs.positives],
-                [matcher.find(r) for r in refs.negatives],
+    found = {}  # by scale, so that each scale's features are computed once
+    refs_all = list(enumerate(refs.positives + refs.negatives))
+    for i, r in sorted(refs_all, key=lambda item: _scale(item[1])):
+        found[i] = matcher.find(r)
+    n = len(refs.positives)
+    return pool([found[i] for i in range(n)], [found[i] for i in range(n, len(refs_all))],
                 float(getattr(matcher, "nms_iou", SAME_PLACE)))
 
 
