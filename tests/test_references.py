@@ -191,3 +191,20 @@ def test_references_far_apart_in_size_are_each_matched_at_their_own_scale() -> N
     for truth in (small, large):  # every disc of both sizes found with a box of its own size
         assert (box_iou(truth, shown).max(1) >= 0.6).all()
     assert len(shown) == len(small) + len(large)
+
+
+def test_a_set_is_tiled_when_its_smallest_reference_would_upscale_past_the_budget(monkeypatch):
+    """Each reference has its own scale on the whole image, so the whole-image run must fit for
+    the most upscaled one, not only for the median one."""
+    from napari_instanno.inference import policy, tiling
+    from napari_instanno.instances import Instances
+
+    img, small, large = two_sizes_scene()
+    ann = Annotator(device="cpu", outliner="ellipse").set_image(img)
+    monkeypatch.setattr(policy, "MAX_MATCH_PIXELS", 2 * img.size)
+    tiled = []
+    monkeypatch.setattr(tiling, "find_similar_tiled",
+                        lambda *args, **kwargs: tiled.append(args[2]) or Instances())
+    assert len(ann.find_similar(large[:2])) >= 4 and not tiled  # 64 px: matched at scale 1
+    ann.find_similar(np.stack([small[0], large[0], large[1]]))  # the 12-px one: upscaled 3x
+    assert len(tiled) == 1 and len(tiled[0]) == 3

@@ -20,7 +20,7 @@ from .duplicates import duplicates_suppressed
 from .guard import label_method
 from .outline_memo import OutlineMemo
 from .policy import tiling_plan
-from .references import check_references, embed_references, not_negative, representative
+from .references import check_references, embed_references, not_negative, smallest
 
 # name -> "module:Class"; learned models register here and are the default when their weights ship.
 MATCHERS = {  # the first is the widget's default choice
@@ -153,7 +153,7 @@ class Annotator:
             raise InstannoError("negatives must be boxes; pass the score threshold by name: "
                                 "find_similar(ref, score_threshold=...)")
         pos, neg = check_references(refs, negatives, self.image_shape)
-        if tiling_plan(self.image_shape, representative(pos), self.matcher).tiled:
+        if tiling_plan(self.image_shape, smallest(pos), self.matcher).tiled:
             from .tiling import find_similar_tiled
 
             return find_similar_tiled(self, self._rgb, pos, negatives=neg,

@@ -111,6 +111,12 @@ def representative(boxes: np.ndarray) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float64)[order[(len(order) - 1) // 2]]
 
 
+def smallest(boxes: np.ndarray) -> np.ndarray:
+    """The smallest box: the one a rescaling matcher upscales most, whose feature pass decides
+    whether the whole image fits (``policy.tiling_plan``)."""
+    return np.asarray(boxes, dtype=np.float64)[int(np.argmin(side(boxes)))]
+
+
 @dataclass
 class ReferenceSet:
     """The matcher's references for the positive and negative boxes (usable on any image)."""
@@ -138,12 +144,13 @@ def agree_on_method(refs: ReferenceSet) -> ReferenceSet:
 
 
 def embed_references(embed: Any, boxes: np.ndarray, negative_boxes: np.ndarray,
-                     matcher: Any = None) -> ReferenceSet:
+                     matcher: Any = None, shared: float = SHARED_SCALE) -> ReferenceSet:
     """The references of each box: ``embed`` is a matcher (its current image) or a function of
-    one box giving its reference (``matcher``: the one it uses). All are embedded at the scale
-    ``matcher`` picks for the median positive where theirs is close to it (``one_scale``)."""
+    one box giving its reference (``matcher``: the one it uses). They are embedded at the scale
+    ``matcher`` picks for the median positive where theirs is within ``shared`` of it
+    (``one_scale``; the tiler passes ``inf``: its tiles are planned for one scale)."""
     one = getattr(embed, "embed_reference", embed)
-    with one_scale(embed if matcher is None else matcher, boxes):
+    with one_scale(embed if matcher is None else matcher, boxes, shared):
         refs = ReferenceSet([one(b) for b in boxes], [one(b) for b in negative_boxes],
                             np.asarray(boxes, float).reshape(-1, 4),
                             np.asarray(negative_boxes, float).reshape(-1, 4))
@@ -151,11 +158,12 @@ def embed_references(embed: Any, boxes: np.ndarray, negative_boxes: np.ndarray,
 
 
 @contextmanager
-def one_scale(matcher: Any, boxes: np.ndarray) -> Iterator[None]:
+def one_scale(matcher: Any, boxes: np.ndarray, shared: float = SHARED_SCALE
+              ) -> Iterator[None]:
     """Inside the block, a matcher that rescales the image for each reference (``scale_for``,
     the learned one, also behind a guard) uses the scale of the median box of ``boxes`` for
-    every box whose own scale is within ``SHARED_SCALE`` of it: one feature pass serves those
-    instead of one per scale."""
+    every box whose own scale is within a factor ``shared`` of it: one feature pass serves
+    those instead of one per scale."""
     learned = getattr(matcher, "learned", matcher)
     if len(boxes) < 2 or not callable(getattr(learned, "scale_for", None)):
         yield
@@ -163,11 +171,11 @@ def one_scale(matcher: Any, boxes: np.ndarray) -> Iterator[None]:
     own = learned.scale_for
     common = float(own(representative(boxes)))
 
-    def shared(box: np.ndarray) -> float:
+    def scale_for(box: np.ndarray) -> float:
         s = float(own(box))
-        return common if max(s, common) / min(s, common) <= SHARED_SCALE else s
+        return common if max(s, common) / min(s, common) <= shared else s
 
-    learned.scale_for = shared  # an instance attribute, shadowing the method
+    learned.scale_for = scale_for  # an instance attribute, shadowing the method
     try:
         yield
     finally:

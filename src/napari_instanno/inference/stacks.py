@@ -37,7 +37,7 @@ from .references import (
     embed_references,
     find_references,
     not_negative,
-    representative,
+    smallest,
 )
 from .tracks import MAX_GAP, MIN_IOU, link_tracks
 
@@ -105,7 +105,7 @@ class _Run:
             return self.rgb
         rgb = to_rgb01(self.planes.read(k) if image is None else image)
         h, w = rgb.shape[:2]
-        if tiling_plan((h, w), representative(self.boxes), self.matcher).tiled:
+        if tiling_plan((h, w), smallest(self.boxes), self.matcher).tiled:
             raise InstannoError(f"plane {k} ({w}x{h}) is too large to run whole with this "
                                 "reference; stacks are not tiled yet: run that plane on its own")
         self.matcher.set_image(rgb)

@@ -150,7 +150,7 @@ def find_similar_tiled(
         if pending:
             job.warm_models = copy.deepcopy((matcher, outliner))
             job.reference = (embed_references(lambda b: embed_reference(job, tiles, b), boxes, neg,
-                                              job.warm_models[0])
+                                              job.warm_models[0], shared=np.inf)
                              if several else embed_reference(job, tiles, box))
 
             def on_outcomes(outs: list[Outcome]) -> bool:
