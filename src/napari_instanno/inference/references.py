@@ -39,7 +39,7 @@ MAX_IMAGE_SHARE = 0.5  # a reference covering more of the image leaves no room f
 # share its feature pass; the others keep their own scale: at the median's, a reference 5x larger
 # or smaller is far outside the sizes the matcher was trained on, and its boxes and false matches
 # spoil the pooled result (bench_corrections: a second reference lost crowdai-buildings 5 of 36
-# buildings and added 11 badly placed boxes at one shared scale, none lost with its own)
+# buildings and added 12 badly placed boxes at one shared scale, none lost with its own)
 SHARED_SCALE = 1.5
 POOLING = "max"  # how several positives' scores combine at a place: "max" or "mean"
 
