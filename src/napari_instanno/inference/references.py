@@ -68,6 +68,12 @@ def side(boxes: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(b[:, 2] - b[:, 0], 1e-6, None) * np.clip(b[:, 3] - b[:, 1], 1e-6, None))
 
 
+def image_share(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The share of an image of ``shape`` (H, W) that each (x0, y0, x1, y1) box covers."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / float(shape[0] * shape[1])
+
+
 def check_references(refs: Any, negatives: Any, shape: tuple[int, int]
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(positives (k, 4), negatives (m, 4)), each checked against an image of ``shape`` (H, W)
@@ -81,7 +87,7 @@ def check_references(refs: Any, negatives: Any, shape: tuple[int, int]
     neg = as_boxes(negatives, "negative boxes")
     if len(neg):
         neg = np.stack([check_box(b, shape, f"negative box {i + 1}") for i, b in enumerate(neg)])
-    share = (pos[:, 2] - pos[:, 0]) * (pos[:, 3] - pos[:, 1]) / float(shape[0] * shape[1])
+    share = image_share(pos, shape)
     if share.max() > MAX_IMAGE_SHARE:
         i = int(share.argmax())
         name = f"reference box {i + 1}" if many else "the reference box"

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..geometry import boundary_f_score, mask_iou, polygon_to_mask, simplify
 from ..inference.annotator import Annotator
+from ..inference.references import MAX_IMAGE_SHARE, image_share
 from ..io.atomic import write_json_atomic
 from ..io.coco import ground_truth
 from .datasets import CocoFolder, Sample
@@ -37,11 +38,9 @@ def reference_index(boxes: np.ndarray, areas: np.ndarray, shape: tuple[int, int]
     """Index of the median-area instance whose box does not touch the image border and leaves
     room for others (at most ``references.MAX_IMAGE_SHARE`` of the image, as ``find_similar``
     requires)."""
-    from ..inference.references import MAX_IMAGE_SHARE
-
     h, w = shape
     inner = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w) & (boxes[:, 3] < h)
-    inner &= (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) <= MAX_IMAGE_SHARE * h * w
+    inner &= image_share(boxes, shape) <= MAX_IMAGE_SHARE
     idx = np.flatnonzero(inner)
     if len(idx) == 0:
         return None
