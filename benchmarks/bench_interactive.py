@@ -68,6 +68,11 @@ def clicks(ann, rgb: np.ndarray, ref: np.ndarray, other: np.ndarray) -> dict[str
     return out
 
 
+def median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each entry's median over the runs."""
+    return {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+
+
 def widget_path(rgb: np.ndarray, ref: np.ndarray) -> None:
     """Run -> result layer filled in a real viewer, with the default (shipped) models."""
     import torchvision  # noqa: F401, I001  (before any GL context: see tests/test_widgets.py)
@@ -103,6 +108,9 @@ def main() -> None:
     p.add_argument("--shared", default="../shared/data")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--widget", action="store_true", help="also time the widget path (needs a display)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="time each click this many times and print the median (a shared CPU's "
+                        "noise)")
     args = p.parse_args()
 
     import torch
@@ -122,7 +130,8 @@ def main() -> None:
     print(f"{'image':<26}{'size':>10}  {'found/shown':>11}  " + "".join(f"{c:>13}" for c in cols)
           + "   (seconds; x = learned / ncc)")
     for name, rgb, ref, other in scenes:
-        a, b = clicks(learned, rgb, ref, other), clicks(ncc, rgb, ref, other)
+        a, b = (median([clicks(ann, rgb, ref, other) for _ in range(args.repeats)])
+                for ann in (learned, ncc))
         size = f"{rgb.shape[1]}x{rgb.shape[0]}"
         print(f"{name:<26}{size:>10}  {a['found']:>5}/{a['shown']:<5}  "
               + "".join(f"{a[c]:>13.2f}" for c in cols))

@@ -217,7 +217,7 @@ def random_weights(tmp_path):
 
 
 def test_feature_cache_and_reference_across_images(random_weights) -> None:
-    matcher = LearnedMatcher(weights=random_weights, threshold=0.0, min_reference_side=0)
+    matcher = LearnedMatcher(weights=random_weights, threshold=0.0, min_reference_side=0, views=1)
     calls = []
     features = matcher.model.features
     matcher.model.features = lambda x: calls.append(x.shape) or features(x)
@@ -246,7 +246,7 @@ def test_detection_limit_warns(random_weights) -> None:
 
 def test_small_references_are_matched_on_an_upscaled_image(random_weights) -> None:
     matcher = LearnedMatcher(weights=random_weights, threshold=0.0, min_reference_side=48,
-                             max_upscale=4)
+                             max_upscale=4, views=1)
     calls = []
     features = matcher.model.features
     matcher.model.features = lambda x: calls.append(tuple(x.shape[-2:])) or features(x)
@@ -363,4 +363,4 @@ def test_a_reference_too_large_even_downscaled_is_a_one_line_error() -> None:
     with pytest.raises(InstannoError, match="the reference is 1000 px across; .* up to 896 px "
                                             r"\(the image downscaled 4x\)") as err:
         m.embed_reference(np.array([100, 100, 1100, 1100.0]))
-    assert "\n" not in str(err.value) and m.features is None  # refused before any feature pass
+    assert "\n" not in str(err.value) and not m.features  # refused before any feature pass

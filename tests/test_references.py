@@ -177,7 +177,7 @@ def test_references_far_apart_in_size_are_each_matched_at_their_own_scale() -> N
     matcher = ann._component("matcher")
     passes = []
     compute = matcher._compute_features
-    matcher._compute_features = lambda x, s: passes.append(s) or compute(x, s)
+    matcher._compute_features = lambda x, s, v="": passes.append((s, v)) or compute(x, s, v)
     refs = embed_references(matcher, np.stack([small[0], large[0]]), np.zeros((0, 4)))
     scales = [r["scale"] for r in refs.positives]
     assert scales[0] > 1.0 and scales[1] == 1.0  # the 12-px disc upscaled, the 64-px one not
@@ -186,7 +186,8 @@ def test_references_far_apart_in_size_are_each_matched_at_their_own_scale() -> N
     assert len({r["scale"] for r in close.positives}) == 1  # similar sizes share one pass
     passes.clear()
     boxes, scores = find_references(matcher, refs)
-    assert sorted(passes) == passes and len(set(passes)) == len(passes) <= 2  # one per scale
+    order = [s for s, _ in passes]  # one pass per scale and view, one scale after the other
+    assert len(set(passes)) == len(passes) and order == sorted(order) and len(set(order)) <= 2
     shown = boxes[scores >= 0.2]  # at one shared scale: 2 of the 4 large discs, 18 boxes
     for truth in (small, large):  # every disc of both sizes found with a box of its own size
         assert (box_iou(truth, shown).max(1) >= 0.6).all()

@@ -16,6 +16,7 @@ from ..models.matcher import PEAK_WINDOW, MatcherConfig, OneShotMatcher
 from ..models.weights import load_safetensors, models_dir, read_metadata, shipped_path
 from .components import warn_if_capped
 from .precision import autocast, autocast_dtype
+from .views import fuse, unview_boxes, view_boxes, view_image, views_for
 
 PAD = 32
 CNN_CONTEXT = 64  # pixels of context beyond which the features barely change
@@ -50,6 +51,10 @@ class LearnedMatcher:
     similar size only cost the cross-attention and heads. ``threshold`` is the lowest score kept,
     ``max_detections`` the most boxes returned and ``nms_iou`` the overlap above which the weaker
     of two boxes is dropped.
+    ``views``: the most dihedral views (``inference.views``: 1, 2, 4 or 8) a reference is matched
+    in, its detections fused; how many it gets depends on the pixels of the image the reference
+    is embedded for (``view_pixels``, default the current image's; the tiler sets the whole
+    image's, so tiles get the views the whole image would) at the reference's scale.
     ``precision`` (``inference.precision``): ``"auto"`` runs the network in bfloat16 autocast on
     CPUs with AMX, float32 elsewhere; ``"float16"`` is a GPU's fast path. References stay float32
     (``test_reduced_precision_finds_the_same_nuclei_and_keeps_float32_references``).
@@ -59,7 +64,7 @@ class LearnedMatcher:
                  threshold: float = 0.05, max_detections: int = 5000, nms_iou: float = 0.5,
                  min_reference_side: float = 36.0, max_upscale: float = 4.0,
                  max_reference_side: float = 112.0, max_downscale: float = 4.0,
-                 precision: str = "auto", **_: object) -> None:
+                 precision: str = "auto", views: int = 8, **_: object) -> None:
         self.device = device
         self.precision = precision
         self.dtype = autocast_dtype(device, precision)
@@ -71,8 +76,10 @@ class LearnedMatcher:
         self.max_upscale = max(float(max_upscale), 1.0)
         self.max_reference_side = float(max_reference_side)
         self.max_downscale = max(float(max_downscale), 1.0)
+        self.views = int(views)
+        self.view_pixels: float | None = None
         self.image: torch.Tensor | None = None
-        self.features: dict | None = None
+        self.features: dict[str, dict] = {}  # by view, at ``feature_scale``
         self.feature_scale: float | None = None
         self.shape: tuple[int, int] | None = None
 
@@ -81,7 +88,7 @@ class LearnedMatcher:
         self.model.to(device)
         self.device = device
         self.dtype = autocast_dtype(device, self.precision)
-        self.features = self.feature_scale = None
+        self.features, self.feature_scale = {}, None
         return self
 
     def _inference(self) -> contextlib.ExitStack:
@@ -98,7 +105,7 @@ class LearnedMatcher:
             raise InstannoError(f"the matcher needs an (H, W, 3) RGB image, got {rgb.shape}")
         self.image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
         self.shape = rgb.shape[:2]
-        self.features = self.feature_scale = None
+        self.features, self.feature_scale = {}, None
 
     def scale_for(self, box: np.ndarray) -> float:
         """The image's scale for a reference box (x0, y0, x1, y1): 1, an upscaling by a multiple
@@ -110,38 +117,70 @@ class LearnedMatcher:
         f = np.ceil(min(self.min_reference_side / side, self.max_upscale) * 4) / 4
         return max(1.0, float(f))
 
-    def _features(self, scale: float) -> dict:
+    def _features(self, scale: float, view: str = "") -> dict:
         if self.image is None:
             raise InstannoError("no image set on the matcher; call set_image first")
-        if self.features is None or self.feature_scale != scale:
-            self.features = None  # free the previous scale's features first
-            self.features = self._compute_features(self.image, scale)
+        if self.feature_scale != scale:
+            self.features = {}  # free the previous scale's features first
             self.feature_scale = scale
-        return self.features
+        if view not in self.features:
+            self.features[view] = self._compute_features(self.image, scale, view)
+        return self.features[view]
 
-    def _compute_features(self, images: torch.Tensor, scale: float) -> dict:
-        """Features of a (B, 3, H, W) batch upscaled by ``scale`` and padded to a multiple of 32."""
+    def _compute_features(self, images: torch.Tensor, scale: float, view: str = "") -> dict:
+        """Features of a (B, 3, H, W) batch upscaled by ``scale``, padded to a multiple of 32 and
+        seen in ``view``."""
         x = images.to(self.device)  # upscaled where the model runs: on a GPU, a 4-16x smaller copy
         if scale != 1.0:  # the exact factor: windows of an image upscale like the whole
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
                               recompute_scale_factor=False, antialias=scale < 1)
         x = F.pad(x, (0, -x.shape[-1] % PAD, 0, -x.shape[-2] % PAD))
         with self._inference():
-            return self.model.features(x)
+            return self.model.features(view_image(x, view))
+
+    def _padded(self, shape: tuple[int, int], scale: float) -> tuple[int, int]:
+        """(H, W) of an image of ``shape`` as the model sees it: rescaled, padded."""
+        h, w = (int(np.floor(n * scale)) for n in shape)
+        return h + -h % PAD, w + -w % PAD
 
     def embed_reference(self, ref_box: np.ndarray) -> dict[str, Any]:
-        """Pooled reference features per scale, the box size and the image scale (usable on any image)."""
+        """Pooled reference features per scale, the box size and the image scale (usable on any
+        image), and the same in each further view (``views``) under ``"views"``."""
         box = np.asarray(ref_box, dtype=np.float32).reshape(4)
         if not (box[2] > box[0] and box[3] > box[1]):
             raise InstannoError(f"reference box {box.tolist()} is empty")
         scale = self.scale_for(box)
         self.check_reference_size(box, scale)
-        feats = self._features(scale)
+        if self.image is None:
+            raise InstannoError("no image set on the matcher; call set_image first")
+        pixels = float(self.view_pixels or np.prod(self.shape)) * scale ** 2
+        views = views_for(pixels, self.views)
+        scaled = box.astype(np.float64) * scale
         with self._inference():
-            scaled = torch.as_tensor(box * scale, device=self.device)[None]
-            ref = self.model.embed_reference(feats, scaled)
-            ref = self.model.with_peaks(feats, ref, (scaled[:, :2] + scaled[:, 2:]) / 2)
-        return {**_on(ref, self.device), "scale": scale}
+            # the reference crop of each view is the crop seen in that view: one batched pass
+            b = torch.as_tensor(scaled, dtype=torch.float32, device=self.device)[None]
+            crops, local = self.model.reference_crops(self._features(scale)["image"], b)
+            side = crops.shape[-1]
+            local = local.cpu().double().numpy()
+            q = self.model.embed_crops(
+                torch.cat([view_image(crops, v) for v in views]),
+                torch.as_tensor(np.concatenate([view_boxes(local, v, (side, side))
+                                                for v in views]), dtype=torch.float32,
+                                device=self.device),
+                torch.cat([(b[:, 2:] - b[:, :2]).flip(-1) if "t" in v else b[:, 2:] - b[:, :2]
+                           for v in views]))
+        refs = {}
+        padded = self._padded(self.shape, scale)
+        for i, view in enumerate(views):
+            feats = self._features(scale, view)
+            at = torch.as_tensor(view_boxes(scaled, view, padded), dtype=torch.float32,
+                                 device=self.device)
+            one = {"q": {s: v[i:i + 1] for s, v in q["q"].items()}, "size": q["size"][i:i + 1]}
+            with self._inference():
+                refs[view] = _on(self.model.with_peaks(feats, one, (at[:, :2] + at[:, 2:]) / 2),
+                                 self.device)
+        first = refs.pop("")
+        return {**first, "scale": scale, **({"views": refs} if refs else {})}
 
     def check_reference_size(self, box: np.ndarray, scale: float) -> None:
         """A one-line error for a reference still more than twice ``max_reference_side`` after
@@ -164,17 +203,18 @@ class LearnedMatcher:
     def find(self, reference: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (N, 4) x0y0x1y1 and scores (N,) of every match in the current image, best first."""
         scale = float(reference.get("scale", 1.0))
-        feats = self._features(scale)
-        reference = _on(reference, self.device)
-        with self._inference():
-            found = self.model.detect(feats, reference, self.threshold, self.max_detections,
-                                      self.nms_iou)[0]
-        return self._in_image(*found, scale, self.shape)
+        found = []
+        for view, ref in _views(reference):
+            feats = self._features(scale, view)
+            with self._inference():
+                found.append(self.model.detect(feats, _on(ref, self.device), self.threshold,
+                                               self.max_detections, self.nms_iou)[0])
+        return self._in_image(self._fused(found, reference, self.shape), self.shape)
 
     def find_batch(self, images: list[np.ndarray], reference: dict[str, Any]
                    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``find`` on each of several RGB [0, 1] images of one shape, in one batched pass (the
-        way tiles fill a GPU); the single-image feature cache is left alone."""
+        """``find`` on each of several RGB [0, 1] images of one shape, in one batched pass per
+        view (the way tiles fill a GPU); the single-image feature cache is left alone."""
         if not images:
             return []
         shape = np.shape(images[0])
@@ -185,28 +225,51 @@ class LearnedMatcher:
         # (B, H, W, 3) viewed as (B, 3, H, W): channels-last, as the backbone runs, no copy
         x = torch.from_numpy(np.stack(images).astype(np.float32, copy=False)).permute(0, 3, 1, 2)
         n = len(images)
-        feats = self._compute_features(x, scale)
-        reference = _on(reference, self.device)
-        ref = {"q": {s: q.expand(n, -1) for s, q in reference["q"].items()},
-               "size": reference["size"].expand(n, -1),
-               **({"peak": {s: p.expand(n) for s, p in reference["peak"].items()}}
-                  if "peak" in reference else {})}
-        with self._inference():
-            found = self.model.detect(feats, ref, self.threshold, self.max_detections, self.nms_iou)
-        return [self._in_image(b, s, scale, shape[:2]) for b, s in found]
+        per_view = []
+        for view, one in _views(reference):
+            feats = self._compute_features(x, scale, view)
+            one = _on(one, self.device)
+            ref = {"q": {s: q.expand(n, -1) for s, q in one["q"].items()},
+                   "size": one["size"].expand(n, -1),
+                   **({"peak": {s: p.expand(n) for s, p in one["peak"].items()}}
+                      if "peak" in one else {})}
+            with self._inference():
+                per_view.append(self.model.detect(feats, ref, self.threshold,
+                                                  self.max_detections, self.nms_iou))
+            del feats
+        return [self._in_image(self._fused([f[i] for f in per_view], reference, shape[:2]),
+                               shape[:2]) for i in range(n)]
 
-    def _in_image(self, boxes: torch.Tensor, scores: torch.Tensor, scale: float,
-                  shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Detections back in image pixels, those centred in the padding dropped, boxes clipped."""
+    def _fused(self, found: list[tuple[torch.Tensor, torch.Tensor]], reference: dict[str, Any],
+               shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Each view's detections (model pixels, in the view) back in the image's frame, those
+        centred in the padding dropped, fused; in image pixels."""
+        scale = float(reference.get("scale", 1.0))
+        padded = self._padded(shape, scale)
+        out = []
+        for (view, _), (b, s) in zip(_views(reference), found, strict=True):
+            boxes = unview_boxes(b.cpu().double().numpy(), view, padded) / scale
+            cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+            inside = (cx >= 0) & (cy >= 0) & (cx < shape[1]) & (cy < shape[0])
+            out.append((boxes[inside], s.cpu().double().numpy()[inside]))
+        boxes, scores = fuse(out)
+        keep = scores >= self.threshold  # a place seen in few views scores less
+        return boxes[keep][:self.max_detections], scores[keep][:self.max_detections]
+
+    def _in_image(self, found: tuple[np.ndarray, np.ndarray], shape: tuple[int, int]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Detections with their boxes clipped to the image."""
+        boxes, scores = found
         warn_if_capped(len(boxes), self.max_detections, "learned")
-        boxes, scores = boxes.cpu().double().numpy() / scale, scores.cpu().double().numpy()
         h, w = shape
-        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        inside = (cx < w) & (cy < h)
-        boxes, scores = boxes[inside], scores[inside]
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
         return boxes, scores
+
+
+def _views(reference: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(view, that view's reference) for each view ``reference`` was embedded in, ``""`` first."""
+    return [("", reference), *reference.get("views", {}).items()]
 
 
 def _on(tree: Any, device: str) -> Any:

@@ -80,7 +80,14 @@ def embed_reference(job: TileJob, tiles: list[Tile], box: np.ndarray) -> Any:
     y0, x0 = min(y0, int(np.floor(box[1]))), min(x0, int(np.floor(box[0])))
     y1, x1 = max(y1, int(np.ceil(box[3]))), max(x1, int(np.ceil(box[2])))
     matcher.set_image(to_rgb01(job.source.read(y0, y1, x0, x1), job.value_range))
-    return matcher.embed_reference(box - np.array([x0, y0, x0, y0]))
+    learned = getattr(matcher, "learned", matcher)
+    if hasattr(learned, "view_pixels"):  # the views the whole image would get (``views_for``)
+        learned.view_pixels = float(job.source.shape[0]) * float(job.source.shape[1])
+    try:
+        return matcher.embed_reference(box - np.array([x0, y0, x0, y0]))
+    finally:
+        if hasattr(learned, "view_pixels"):
+            learned.view_pixels = None
 
 
 def run_tiles(job: TileJob, tiles: list[Tile]) -> list[Outcome]:
