@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folders", nargs="+", default=FOLDERS)
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--views", type=int, default=None,
+                        help="the most dihedral views per reference (inference.views; 1: off)")
     args = parser.parse_args(argv)
     if args.models:  # its weights, the repository's for any it lacks
         folder = Path(tempfile.mkdtemp(prefix="instanno-models-"))
@@ -58,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from napari_instanno.inference import views
     from napari_instanno.inference.guard import GuardedMatcher
+
+    if args.views is not None:
+        views.MOST_VIEWS = args.views
     from napari_instanno.training.datasets import shared_folder
     from napari_instanno.training.evaluate import evaluate_oneshot
 

@@ -133,9 +133,9 @@ def main() -> None:
         a, b = (median([clicks(ann, rgb, ref, other) for _ in range(args.repeats)])
                 for ann in (learned, ncc))
         size = f"{rgb.shape[1]}x{rgb.shape[0]}"
-        print(f"{name:<26}{size:>10}  {a['found']:>5}/{a['shown']:<5}  "
+        print(f"{name:<26}{size:>10}  {int(a['found']):>5}/{int(a['shown']):<5}  "
               + "".join(f"{a[c]:>13.2f}" for c in cols))
-        print(f"{'  ncc + otsu':<26}{'':>10}  {b['found']:>5}/{b['shown']:<5}  "
+        print(f"{'  ncc + otsu':<26}{'':>10}  {int(b['found']):>5}/{int(b['shown']):<5}  "
               + "".join(f"{b[c]:>13.2f}" for c in cols))
         print(f"{'  ratio':<26}{'':>10}  {'':>11}  "
               + "".join(f"{'x%.1f' % (a[c] / max(b[c], 1e-9)):>13}" for c in cols), flush=True)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..errors import InstannoError
 from ..models.matcher import PEAK_WINDOW, MatcherConfig, OneShotMatcher
 from ..models.weights import load_safetensors, models_dir, read_metadata, shipped_path
+from . import views as views_module
 from .components import warn_if_capped
 from .precision import autocast, autocast_dtype
 from .views import fuse, unview_boxes, view_boxes, view_image, views_for
@@ -64,7 +65,7 @@ class LearnedMatcher:
                  threshold: float = 0.05, max_detections: int = 5000, nms_iou: float = 0.5,
                  min_reference_side: float = 36.0, max_upscale: float = 4.0,
                  max_reference_side: float = 112.0, max_downscale: float = 4.0,
-                 precision: str = "auto", views: int = 8, **_: object) -> None:
+                 precision: str = "auto", views: int | None = None, **_: object) -> None:
         self.device = device
         self.precision = precision
         self.dtype = autocast_dtype(device, precision)
@@ -76,7 +77,7 @@ class LearnedMatcher:
         self.max_upscale = max(float(max_upscale), 1.0)
         self.max_reference_side = float(max_reference_side)
         self.max_downscale = max(float(max_downscale), 1.0)
-        self.views = int(views)
+        self.views = int(views_module.MOST_VIEWS if views is None else views)
         self.view_pixels: float | None = None
         self.image: torch.Tensor | None = None
         self.features: dict[str, dict] = {}  # by view, at ``feature_scale``
