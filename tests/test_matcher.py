@@ -16,7 +16,7 @@ from napari_instanno.models.matcher import MatcherConfig, OneShotMatcher, decode
 from napari_instanno.models.weights import save_fp16
 from napari_instanno.training.episodes import Episode, EpisodeConfig, EpisodeSampler
 from napari_instanno.training.train_matcher import (
-    _teacher,
+    _teachers,
     collate,
     distill_loss,
     make_targets,
@@ -178,9 +178,12 @@ def test_training_tells_kinds_apart() -> None:
 def test_distillation_pulls_the_student_to_the_teacher_on_its_folders_only(random_weights
                                                                            ) -> None:
     torch.manual_seed(0)
-    teacher, folders, weight = _teacher(
+    [(teacher, folders, weight)] = _teachers(
         {"teacher": str(random_weights), "folders": ["nuclei"], "weight": 0.5}, "cpu")
     assert folders == {"nuclei"} and weight == 0.5
+    two = _teachers([{"teacher": str(random_weights), "folders": ["nuclei"]},
+                     {"teacher": str(random_weights), "folders": ["planes"], "weight": 2.0}], "cpu")
+    assert [(f, w) for _, f, w in two] == [({"nuclei"}, 1.0), ({"planes"}, 2.0)]
     assert not any(p.requires_grad for p in teacher.parameters())
     student = OneShotMatcher(MatcherConfig(strides=(8, 16), dim=16), pretrained=False)
     images = torch.rand(2, 3, 64, 64)

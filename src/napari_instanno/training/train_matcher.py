@@ -162,7 +162,7 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
     if cfg.get("init"):  # start from earlier weights (a later stage of a recipe)
         load_safetensors(model, cfg["init"])
     model.to(device).train()
-    teacher, distilled, distill_weight = _teacher(cfg.get("distill"), device)
+    teachers = _teachers(cfg.get("distill"), device)
     bb = [p for p in model.backbone.parameters() if p.requires_grad]
     rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     lr = float(cfg.get("lr", 1e-3))
@@ -201,14 +201,23 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
                                        model.stride, float(cfg.get("dense_regression", 0.0)))
         losses = matcher_loss(maps, heat.to(device), reg.to(device), mask.to(device),
                               float(cfg.get("size_weight", 1.0)))
-        if teacher is not None:
+        if teachers:
+            losses["distill"] = maps.sum() * 0.0
+        for teacher, distilled, weight in teachers:
             keep = torch.tensor([src.split(":")[0] in distilled for src in batch["sources"]],
                                 device=device)
+            if not keep.any():
+                continue
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                t_maps = teacher.forward_maps(teacher.features(batch["image"]), teacher.embed_crops(
-                    batch["ref_crop"], batch["ref_local"], batch["ref_size"]))
-            losses["distill"] = distill_loss(maps, t_maps, keep)
-            losses["loss"] = losses["loss"] + distill_weight * losses["distill"]
+                t_maps = teacher.forward_maps(teacher.features(batch["image"][keep]),
+                                              teacher.embed_crops(batch["ref_crop"][keep],
+                                                                  batch["ref_local"][keep],
+                                                                  batch["ref_size"][keep]))
+            part = distill_loss(maps[keep], t_maps, torch.ones(len(t_maps), dtype=torch.bool,
+                                                               device=device))
+            losses["distill"] = losses["distill"] + weight * part
+        if teachers:
+            losses["loss"] = losses["loss"] + losses["distill"]
         opt.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
         scaler.unscale_(opt)
@@ -234,18 +243,20 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
     return save_fp16(model, out_dir / "matcher.safetensors", meta)
 
 
-def _teacher(spec: dict[str, Any] | None, device: str
-             ) -> tuple[OneShotMatcher | None, set[str], float]:
-    """The recipe's ``distill`` section: a frozen teacher (``teacher``: weights), the data folders
-    whose real episodes it teaches (``folders``) and the loss weight (``weight``)."""
-    if not spec:
-        return None, set(), 0.0
+def _teachers(spec: dict[str, Any] | list[dict[str, Any]] | None, device: str
+              ) -> list[tuple[OneShotMatcher, set[str], float]]:
+    """The recipe's ``distill`` section, one teacher or a list of them: each a frozen teacher
+    (``teacher``: weights), the data folders whose real episodes it teaches (``folders``) and
+    its loss weight (``weight``)."""
     from ..inference.learned_matcher import load_matcher
 
-    teacher = load_matcher(spec["teacher"], device)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher, set(spec.get("folders", [])), float(spec.get("weight", 1.0))
+    out = []
+    for one in ([spec] if isinstance(spec, dict) else spec or []):
+        teacher = load_matcher(one["teacher"], device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        out.append((teacher, set(one.get("folders", [])), float(one.get("weight", 1.0))))
+    return out
 
 
 def _save_checkpoint(path: Path, model, opt, scaler, rng, step: int) -> None:
