@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from ..geometry import box_iou, nms
+from .references import SAME_PLACE  # detections of all views closer than this are one object
 
 DIHEDRAL = ("", "h", "v", "hv", "t", "th", "tv", "thv")
 MOST_VIEWS = len(DIHEDRAL)  # the learned matcher's default cap (``LearnedMatcher(views=)``)
 VIEW_PIXELS = 6e6  # views x pixels the matcher sees (after rescaling) at most, per run
 FUSE_IOU = 0.55  # a view's box at least this close to a fused place is that object in the view
-SAME_PLACE = 0.5  # detections of all views closer than this are one object
 
 
 def views_for(pixels: float, most: int = len(DIHEDRAL)) -> tuple[str, ...]:
