@@ -152,15 +152,14 @@ class LearnedMatcher:
             raise InstannoError(f"reference box {box.tolist()} is empty")
         scale = self.scale_for(box)
         self.check_reference_size(box, scale)
-        if self.image is None:
-            raise InstannoError("no image set on the matcher; call set_image first")
+        image = self._features(scale)["image"]  # (raises when no image is set)
         pixels = float(self.view_pixels or np.prod(self.shape)) * scale ** 2
         views = views_for(pixels, self.views)
         scaled = box.astype(np.float64) * scale
         with self._inference():
             # the reference crop of each view is the crop seen in that view: one batched pass
             b = torch.as_tensor(scaled, dtype=torch.float32, device=self.device)[None]
-            crops, local = self.model.reference_crops(self._features(scale)["image"], b)
+            crops, local = self.model.reference_crops(image, b)
             side = crops.shape[-1]
             local = local.cpu().double().numpy()
             q = self.model.embed_crops(
@@ -270,7 +269,8 @@ class LearnedMatcher:
 
 def _views(reference: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(view, that view's reference) for each view ``reference`` was embedded in, ``""`` first."""
-    return [("", reference), *reference.get("views", {}).items()]
+    first = {k: v for k, v in reference.items() if k != "views"}
+    return [("", first), *reference.get("views", {}).items()]
 
 
 def _on(tree: Any, device: str) -> Any:

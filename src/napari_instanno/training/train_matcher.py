@@ -201,8 +201,7 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
                                        model.stride, float(cfg.get("dense_regression", 0.0)))
         losses = matcher_loss(maps, heat.to(device), reg.to(device), mask.to(device),
                               float(cfg.get("size_weight", 1.0)))
-        if teachers:
-            losses["distill"] = maps.sum() * 0.0
+        distill = []
         for teacher, distilled, weight in teachers:
             keep = torch.tensor([src.split(":")[0] in distilled for src in batch["sources"]],
                                 device=device)
@@ -213,10 +212,9 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
                                               teacher.embed_crops(batch["ref_crop"][keep],
                                                                   batch["ref_local"][keep],
                                                                   batch["ref_size"][keep]))
-            part = distill_loss(maps[keep], t_maps, torch.ones(len(t_maps), dtype=torch.bool,
-                                                               device=device))
-            losses["distill"] = losses["distill"] + weight * part
+            distill.append(weight * distill_loss(maps[keep], t_maps, keep[keep]))
         if teachers:
+            losses["distill"] = sum(distill, maps.sum() * 0.0)
             losses["loss"] = losses["loss"] + losses["distill"]
         opt.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
