@@ -8,9 +8,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from napari_instanno.errors import InstannoError
-from napari_instanno.geometry import mask_iou, polygon_to_mask, resample_polygon
+from napari_instanno.geometry import (
+    fit_to_box,
+    mask_iou,
+    polygon_box,
+    polygon_to_mask,
+    resample_polygon,
+)
 from napari_instanno.inference.learned_outliner import LearnedOutliner
 from napari_instanno.models.contour import ContourRegressor
 from napari_instanno.models.weights import save_fp16
@@ -181,3 +189,19 @@ def test_build_model_starts_from_init_weights(trained, tmp_path):
                for k, v in model.state_dict().items() if v.is_floating_point())
     with pytest.raises(InstannoError):
         build_model({"model": model.config(), "init": str(tmp_path / "missing.safetensors")})
+
+
+@given(st.lists(st.tuples(st.floats(-50, 50), st.floats(-50, 50)), min_size=3, max_size=20,
+                unique=True),
+       st.tuples(st.floats(0, 100), st.floats(0, 100), st.floats(1, 60), st.floats(1, 60)))
+@settings(max_examples=60, deadline=None)
+def test_fit_to_box_puts_the_polygons_bounds_on_the_box_and_keeps_its_order(poly, box):
+    p = np.asarray(poly, dtype=np.float64)
+    assume(np.ptp(p, axis=0).min() > 1e-3)
+    x0, y0, w, h = box
+    b = np.array([x0, y0, x0 + w, y0 + h])
+    fitted = fit_to_box(p, b)
+    np.testing.assert_allclose(polygon_box(fitted), b, atol=1e-6)
+    for axis in range(2):  # a stretch per axis: the vertices keep their order along each
+        before, after = p[:, axis], fitted[:, axis]
+        assert (after[:, None] >= after[None, :] - 1e-9)[before[:, None] > before[None, :]].all()

@@ -13,6 +13,7 @@ from skimage.measure import label
 
 from napari_instanno import Annotator, InstannoError
 from napari_instanno.cli import main
+from napari_instanno.geometry import polygon_box
 from napari_instanno.instances import Instances
 from napari_instanno.io.coco import write_coco
 from napari_instanno.models.weights import models_dir, read_metadata, shipped_path
@@ -168,3 +169,39 @@ def test_cancelled_fine_tuning_leaves_no_folder(saved, tmp_path):
         finetune_models(ann, imgs, tmp_path / "m", {"matcher": 1, "contour": 3}, on_step=stop)
     assert seen == [(1, 4), (2, 4)]  # one count over both models
     assert not (tmp_path / "m").exists()
+
+
+def test_a_matcher_taught_from_boxes_only_gets_outlines_fitted_to_its_boxes(saved, tmp_path,
+                                                                             capsys):
+    """Box-only annotations (aircraft, vehicles): the matcher learns the kind's extent, the
+    shipped contour regressor never saw it, so its outlines are stretched to the boxes."""
+    ann, imgs = saved
+    data = json.loads(ann.read_text())
+    for a in data["annotations"]:
+        a["segmentation"] = []
+    (tmp_path / "boxes.json").write_text(json.dumps(data))
+    out = tmp_path / "boxes-model"
+    assert main(["train", "matcher", "--from", str(tmp_path / "boxes.json"), "--images", str(imgs),
+                 "--out", str(out), "--steps", "1", "--device", "cpu"]) == 0
+    assert read_metadata(out / "matcher.safetensors", "matcher")["taught_from"] == "boxes"
+    assert "stretched to the matcher's boxes" in (out / "matcher.md").read_text()
+    tuned = Annotator(device="cpu", models=out)
+    assert tuned.outliner.fit_to_box
+    img, centres = disc_scene(seed=3)
+    r, c = centres[5]
+    found = tuned.set_image(img).find_similar([c - 10, r - 10, c + 10, r + 10],
+                                              score_threshold=0.3)
+    assert len(found) >= 3
+    bounds = np.stack([polygon_box(p) for p in found.polygons])
+    np.testing.assert_allclose(bounds, found.boxes, atol=1e-6)
+    assert not Annotator(device="cpu", models=out, fit_outlines=False).outliner.fit_to_box
+    # outlines in the annotations, or a contour regressor of the folder's own: no fitting
+    poly = tmp_path / "poly-model"
+    assert main(["train", "matcher", "--from", str(ann), "--images", str(imgs), "--out", str(poly),
+                 "--steps", "1", "--device", "cpu"]) == 0
+    assert "taught_from" not in read_metadata(poly / "matcher.safetensors", "matcher")
+    assert not Annotator(device="cpu", models=poly).outliner.fit_to_box
+    assert main(["train", "contour", "--from", str(ann), "--images", str(imgs), "--out", str(out),
+                 "--steps", "1", "--device", "cpu"]) == 0
+    assert not Annotator(device="cpu", models=out).outliner.fit_to_box
+    assert not Annotator(device="cpu").outliner.fit_to_box  # the shipped models

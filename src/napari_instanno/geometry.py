@@ -179,6 +179,15 @@ def ellipse_polygon(box: np.ndarray, n: int) -> np.ndarray:
     return np.stack([rows, cols], axis=1)
 
 
+def fit_to_box(poly: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """``poly`` (row, col) stretched along each axis so that its bounds are the (x0, y0, x1, y1)
+    ``box``."""
+    p = np.asarray(poly, dtype=np.float64)
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    x0, y0, x1, y1 = np.asarray(box, dtype=np.float64)
+    return (p - lo) / np.maximum(hi - lo, 1e-9) * (y1 - y0, x1 - x0) + (y0, x0)
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two boolean masks (1.0 when both are empty)."""
     union = np.logical_or(a, b).sum()

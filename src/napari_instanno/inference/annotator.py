@@ -81,21 +81,24 @@ class Annotator:
     pixels; polygons come back as (row, col) arrays (see ``geometry``). ``models``: a folder
     of weights (``training.finetune``) used instead of the shipped ones where it has them.
     ``precision``: the learned models' float type (``inference.precision``; "auto": bfloat16 on
-    CPUs with AMX, else float32).
+    CPUs with AMX, else float32). ``fit_outlines``: stretch each learned outline to the box it
+    was made from (None: when ``models`` says so,
+    ``weights.fits_outlines_to_boxes``: a matcher fine-tuned on boxes only, no contour of its own).
     """
 
     def __init__(self, matcher: str | None = None, outliner: str | None = None,
                  device: str | None = None, models: str | Path | None = None,
-                 precision: str = "auto") -> None:
-        from ..models.weights import holds_weights
+                 precision: str = "auto", fit_outlines: bool | None = None) -> None:
+        from ..models.weights import fits_outlines_to_boxes, holds_weights
 
         self.device = device or default_device()
         if models is not None and not holds_weights(models):
             raise InstannoError(f"models folder {models} holds no matcher.safetensors or "
                                 "contour.safetensors; make one with `instanno train matcher --from`")
         self.matcher: Matcher = _build("matcher", matcher, self.device, models, precision=precision)
+        fit = fits_outlines_to_boxes(models) if fit_outlines is None else fit_outlines
         self.outliner: Outliner = _build("outliner", outliner, self.device, models,
-                                         precision=precision)
+                                         precision=precision, fit_to_box=fit)
         self.image_shape: tuple[int, int] | None = None
         self._rgb: np.ndarray | None = None
         self._ready: set[str] = set()

@@ -10,7 +10,7 @@ import shapely
 import torch
 
 from ..errors import InstannoError
-from ..geometry import polygon_box, resample_polygon
+from ..geometry import fit_to_box, polygon_box, resample_polygon
 from ..models.backbone import fold_batchnorms
 from ..models.contour import ContourRegressor
 from ..models.weights import load_safetensors, read_metadata, shipped_path
@@ -40,12 +40,15 @@ class LearnedOutliner:
     ``batch_size`` instances go through the model at once (default: 32 on the CPU, 256 on a GPU).
     ``precision`` (``inference.precision``) applies to the crop features only; the snake steps
     run in float32 (in float16, several of the sample's nuclei got polygons nowhere near them).
+    ``fit_to_box``: stretch each outline of ``outline`` so that its bounds are its box (for a kind
+    the regressor has not seen, whose boxes the matcher learned: ``weights.fits_outlines_to_boxes``).
     """
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
                  tolerance: float = 0.7, batch_size: int | None = None,
-                 precision: str = "auto", **_: object) -> None:
+                 precision: str = "auto", fit_to_box: bool = False, **_: object) -> None:
         self.device = device
+        self.fit_to_box = fit_to_box
         self.precision = precision
         self.dtype = autocast_dtype(device, precision)
         self.model = load_contour_model(weights, device)
@@ -99,7 +102,9 @@ class LearnedOutliner:
 
     def outline(self, boxes: np.ndarray) -> list[np.ndarray]:
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        return self._finish(self._run(b)) if len(b) else []
+        polys = self._finish(self._run(b)) if len(b) else []
+        return [fit_to_box(p, box) for p, box in zip(polys, b, strict=True)] if self.fit_to_box \
+            else polys
 
     def refine(self, polygons: list[np.ndarray]) -> list[np.ndarray]:
         if not polygons:

@@ -61,6 +61,33 @@ def holds_weights(folder: str | Path) -> bool:
     return any((Path(folder) / f"{name}.safetensors").is_file() for name in MODEL_FILES)
 
 
+# metadata key of a matcher fine-tuned on the user's annotations: "boxes" when they held no
+# outline (``training.finetune``), so its boxes are the only extent anything learned of that kind
+TAUGHT_FROM = "taught_from"
+
+
+def fits_outlines_to_boxes(folder: str | Path | None) -> bool:
+    """Whether outlines should be stretched to the matcher's boxes with the model folder
+    ``folder``: its matcher was taught from boxes only and it holds no contour regressor of its
+    own (the shipped one has never seen that kind; its outlines' bounds are worse than the boxes)."""
+    if folder is None or (Path(folder) / "contour.safetensors").is_file():
+        return False
+    own = Path(folder) / "matcher.safetensors"
+    return own.is_file() and read_metadata(own, "matcher").get(TAUGHT_FROM) == "boxes"
+
+
+def add_metadata(path: str | Path, extra: dict[str, str]) -> Path:
+    """Rewrite the safetensors file ``path`` with ``extra`` added to its metadata (atomically)."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    state, meta = load_file(str(path)), read_metadata(path, path.stem)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={**meta, **extra})
+    os.replace(tmp, path)
+    return path
+
+
 def save_fp16(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None
               ) -> Path:
     """Save a model's floating-point state as fp16 safetensors (integer buffers kept as they are)."""

@@ -21,7 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InstannoError
-from ..models.weights import MODEL_FILES, models_dir, read_metadata, weights_file
+from ..models.weights import (
+    MODEL_FILES,
+    TAUGHT_FROM,
+    add_metadata,
+    models_dir,
+    read_metadata,
+    weights_file,
+)
 
 MIN_INSTANCES = 3
 STEPS = 300  # matcher: a few minutes on one CPU core at batch 4
@@ -34,10 +41,10 @@ class Cancelled(Exception):
 
 
 def prepare(annotations: str | Path, images: str | Path, work: Path, polygons: bool = False
-            ) -> tuple[Path, int, int]:
+            ) -> tuple[Path, int, int, int]:
     """A COCO folder in ``work`` whose image paths point into ``images``; (folder, images,
-    instances). One-line errors for missing images and too few instances (with ``polygons``:
-    too few outlined ones, box-only annotations)."""
+    instances, outlined instances). One-line errors for missing images and too few instances
+    (with ``polygons``: too few outlined ones, box-only annotations)."""
     annotations, images = Path(annotations), Path(images)
     if not annotations.is_file():
         raise InstannoError(f"annotations {annotations} not found; give --from the COCO JSON "
@@ -69,7 +76,7 @@ def prepare(annotations: str | Path, images: str | Path, work: Path, polygons: b
         im["file_name"] = str((path if path.is_file() else images / Path(path).name).resolve())
     work.mkdir(parents=True, exist_ok=True)
     (work / "annotations.json").write_text(json.dumps(data))
-    return work, len(imgs), outlined if polygons else len(anns)
+    return work, len(imgs), outlined if polygons else len(anns), outlined
 
 
 def _threads() -> int:
@@ -143,13 +150,15 @@ def _finetune(kind: str, annotations: str | Path, images: str | Path, out: str |
     made, run, config = not out.exists(), out / f"run-{kind}", out / f"{kind}_recipe.yaml"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        data, n_images, n_instances = prepare(annotations, images, run / "data",
-                                              polygons=kind == "contour")
+        data, n_images, n_instances, n_outlined = prepare(annotations, images, run / "data",
+                                                          polygons=kind == "contour")
         recipe = (_matcher_recipe if kind == "matcher" else _contour_recipe)(
             base, data, run, int(steps), n_images)
         config.write_text(yaml.safe_dump(recipe, sort_keys=False))
         t0 = time.perf_counter()
         trained = train(config, resume=False, device=device, on_step=on_step)
+        if kind == "matcher" and not n_outlined:  # its boxes: all that was learned of this kind
+            add_metadata(trained, {TAUGHT_FROM: "boxes"})
         weights = Path(shutil.move(str(trained), target))
     except BaseException:
         if made:
@@ -168,7 +177,10 @@ def _finetune(kind: str, annotations: str | Path, images: str | Path, out: str |
         f"- Started from: `{base}`; {int(steps)} steps, batch {batch}, "
         f"{minutes:.1f} min on {device or 'the default device'}; recipe: `{config.name}`\n"
         "- Use: `Annotator(models=\"" + str(out) + "\")` or `instanno predict --models "
-        f"{out}`. Not evaluated: check it on images you did not train on.\n")
+        f"{out}`. Not evaluated: check it on images you did not train on.\n"
+        + ("- Boxes only (no outlines) in the annotations: with this folder the outlines are "
+           "stretched to the matcher's boxes, unless it also holds a contour regressor "
+           "fine-tuned on outlines.\n" if kind == "matcher" and not n_outlined else ""))
     for path in run.iterdir():  # keep the training log only
         if path.suffix != ".log":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
