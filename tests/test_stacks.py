@@ -355,6 +355,11 @@ def test_cli_stack_tiff_with_axes_writes_one_coco_image_per_plane(tmp_path, caps
     assert [(im["plane"], im["file_name"], im["height"]) for im in data["images"]] == [
         (k, "t.tif", 192) for k in range(5)]
     assert {a["track_id"] for a in data["annotations"]} == set(range(20))
+    (tmp_path / "none").mkdir()  # a stack run takes --models like any other
+    assert main(["predict", str(tmp_path / "t.tif"), "--axes", "YXT", "--ref-plane", "1",
+                 "--ref-box", *_xywh(reference_box(DISCS[0])), "--out", str(tmp_path / "m.json"),
+                 "--models", str(tmp_path / "none"), *FAST]) == 2
+    assert "holds no matcher.safetensors" in capsys.readouterr().err
 
 
 def test_cli_ctrl_c_writes_the_finished_planes_and_the_checkpoint_resumes(tmp_path, monkeypatch,

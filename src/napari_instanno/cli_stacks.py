@@ -98,7 +98,7 @@ def predict_stack(a: argparse.Namespace, make_progress: Callable[[], Any]) -> in
     from .inference.stacks import StackInterrupted, find_similar_stack
 
     planes, boxes, negatives = check_stack(a)
-    ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device)
+    ann = Annotator(matcher=a.matcher, outliner=a.outliner, device=a.device, models=a.models)
     progress, status = make_progress(), 0
     try:
         inst = find_similar_stack(
