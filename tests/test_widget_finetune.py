@@ -95,3 +95,30 @@ def test_training_set_keeps_accepted_on_the_plane_and_boxes_as_boxes():
     train, outlined = training_set(inst, (0,))
     assert len(train) == 2 and outlined == 1
     assert len(train.polygons[0]) == 0 and np.allclose(train.boxes[0], [0, 0, 10, 10])
+
+
+def test_a_model_folder_taught_from_boxes_stretches_the_outlines_and_says_so(
+        make_napari_viewer, tmp_path, monkeypatch):
+    import shutil
+
+    from napari_instanno.geometry import polygon_box
+    from napari_instanno.models.weights import TAUGHT_FROM, add_metadata, shipped_path
+
+    folder = tmp_path / "user" / "boxes-model"  # as `train matcher --from` makes from boxes only
+    folder.mkdir(parents=True)
+    shutil.copy(shipped_path("matcher"), folder / "matcher.safetensors")
+    add_metadata(folder / "matcher.safetensors", {TAUGHT_FROM: "boxes"})
+    monkeypatch.setenv(USER_MODELS_ENV, str(tmp_path / "user"))
+    viewer = make_napari_viewer()
+    widget = docked_widget(viewer, matcher="learned", outliner="learned")
+    widget._models.value = str(folder)
+    inst = widget.find_similar()
+    assert "with models 'boxes-model' (taught from boxes: outlines stretched to them)" in \
+        widget._info.value
+    outlined = np.flatnonzero(inst.properties["outlined"])
+    assert len(outlined) >= 10
+    bounds = np.stack([polygon_box(inst.polygons[i]) for i in outlined])
+    np.testing.assert_allclose(bounds, inst.boxes[outlined], atol=1e-6)
+    widget._models.value = ""  # the shipped models: outlines as the regressor draws them
+    widget.find_similar()
+    assert "stretched" not in widget._info.value

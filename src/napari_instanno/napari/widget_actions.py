@@ -19,6 +19,7 @@ from ..errors import InstannoError
 from ..image import check_box
 from ..inference.policy import IN_MEMORY_PIXELS
 from ..instances import Instances
+from ..models.weights import fits_outlines_to_boxes
 from .annotators import Pending
 from .files import format_for, read_annotations, save_instances
 from .jobs import shows_errors
@@ -44,7 +45,9 @@ class WidgetActions:
         box, negatives = choose_references(reference_boxes(self._viewer),
                                            *results.reviewed(category, indices), plane.shape[:2])
         used = f"{len(box)} positive(s), {len(negatives)} negative(s)" + (
-            f" with models '{Path(names[2]).name}'" if names[2] else "")
+            f" with models '{Path(names[2]).name}'" if names[2] else "") + (
+            " (taught from boxes: outlines stretched to them)"
+            if names[1] == "learned" and fits_outlines_to_boxes(names[2] or None) else "")
         tiled = runs_tiled(self.image_layer, plane)
         shown = float(self._threshold.value)  # outlined first; the rest when the slider goes down
 
