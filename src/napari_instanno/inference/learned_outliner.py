@@ -103,8 +103,9 @@ class LearnedOutliner:
     def outline(self, boxes: np.ndarray) -> list[np.ndarray]:
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         polys = self._finish(self._run(b)) if len(b) else []
-        return [fit_to_box(p, box) for p, box in zip(polys, b, strict=True)] if self.fit_to_box \
-            else polys
+        if self.fit_to_box:
+            polys = [fit_to_box(p, box) for p, box in zip(polys, b, strict=True)]
+        return polys
 
     def refine(self, polygons: list[np.ndarray]) -> list[np.ndarray]:
         if not polygons:
