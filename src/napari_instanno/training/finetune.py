@@ -76,7 +76,7 @@ def prepare(annotations: str | Path, images: str | Path, work: Path, polygons: b
         im["file_name"] = str((path if path.is_file() else images / Path(path).name).resolve())
     work.mkdir(parents=True, exist_ok=True)
     (work / "annotations.json").write_text(json.dumps(data))
-    return work, len(imgs), outlined if polygons else len(anns), outlined
+    return work, len(imgs), len(anns), outlined
 
 
 def _threads() -> int:
@@ -168,11 +168,12 @@ def _finetune(kind: str, annotations: str | Path, images: str | Path, out: str |
             config.unlink(missing_ok=True)
         raise
     minutes = (time.perf_counter() - t0) / 60
-    what = "outlined instances, their polygons the targets," if kind == "contour" else "instances"
+    count, what = ((n_outlined, "outlined instances, their polygons the targets,")
+                   if kind == "contour" else (n_instances, "instances"))
     batch = recipe.get("batch_size") or recipe["train"]["batch_size"]
     (out / f"{kind}.md").write_text(
         f"# Model card: {kind} fine-tuned on your annotations\n\n"
-        f"- Trained on: `{Path(annotations).resolve()}` ({n_instances} {what} in {n_images} "
+        f"- Trained on: `{Path(annotations).resolve()}` ({count} {what} in {n_images} "
         f"images from `{Path(images).resolve()}`)\n"
         f"- Started from: `{base}`; {int(steps)} steps, batch {batch}, "
         f"{minutes:.1f} min on {device or 'the default device'}; recipe: `{config.name}`\n"

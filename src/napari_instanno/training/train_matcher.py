@@ -90,13 +90,15 @@ def matcher_loss(maps: torch.Tensor, heat: torch.Tensor, reg: torch.Tensor, mask
     return {"loss": focal + off + size_weight * size, "focal": focal, "offset": off, "size": size}
 
 
-def distill_loss(maps: torch.Tensor, teacher: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Keep a teacher's behaviour on the episodes ``keep`` (B,) marks: the heatmap's KL divergence
-    (per-pixel Bernoulli) and L1 on offset and log size weighted by the teacher's heatmap, both
-    normalised by the teacher's total heatmap mass (about its number of detections)."""
-    if not keep.any():
+def distill_loss(maps: torch.Tensor, teacher: torch.Tensor, keep: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Keep a teacher's behaviour on the episodes ``keep`` (B,) marks (None: all): the heatmap's
+    KL divergence (per-pixel Bernoulli) and L1 on offset and log size weighted by the teacher's
+    heatmap, both normalised by the teacher's total heatmap mass (about its number of detections)."""
+    if keep is not None and not keep.any():
         return maps.sum() * 0.0
-    s, t = maps[keep].float(), teacher[keep].float()
+    s, t = (maps.float(), teacher.float()) if keep is None else (maps[keep].float(),
+                                                                  teacher[keep].float())
     pt = torch.sigmoid(t[:, 0])
     kl = F.binary_cross_entropy_with_logits(s[:, 0], pt, reduction="none") \
         - F.binary_cross_entropy_with_logits(t[:, 0], pt, reduction="none")
@@ -212,7 +214,7 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
                                               teacher.embed_crops(batch["ref_crop"][keep],
                                                                   batch["ref_local"][keep],
                                                                   batch["ref_size"][keep]))
-            distill.append(weight * distill_loss(maps[keep], t_maps, keep[keep]))
+            distill.append(weight * distill_loss(maps[keep], t_maps))
         if teachers:
             losses["distill"] = sum(distill, maps.sum() * 0.0)
             losses["loss"] = losses["loss"] + losses["distill"]
