@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from napari_instanno import Annotator, InstannoError
-from napari_instanno.inference.references import NEGATIVE_MARGIN, check_references, pool
+from napari_instanno.inference import references
+from napari_instanno.inference.references import (
+    LOOK_SCORE,
+    NEGATIVE_MARGIN,
+    check_references,
+    looks,
+    pool,
+)
 from napari_instanno.inference.tiling import find_similar_tiled
 
 KINDS = ("disc", "ring", "square")
@@ -72,15 +79,19 @@ def test_one_box_in_a_list_is_the_same_as_one_box(shapes):
     np.testing.assert_allclose(a.scores, b.scores)
 
 
-def test_tiled_runs_take_the_same_references(shapes):
+@pytest.mark.parametrize("pooling", ["max", "mean", "looks"])
+def test_tiled_runs_take_the_same_references(shapes, pooling, monkeypatch):
+    monkeypatch.setattr(references, "POOLING", pooling)
     ann, img, where = shapes
-    refs = [box(where["disc"][0]), box(where["ring"][4])]
+    refs = [box(where["disc"][0]), box(where["ring"][4]), box(where["disc"][9])]
     neg = [box(where["square"][7])]
     whole = ann.find_similar(refs, negatives=neg, score_threshold=0.7)
     tiled = find_similar_tiled(ann, img, refs, negatives=neg, score_threshold=0.7, tile_size=64,
                                scheduler="sync")
     assert found(tiled, where) == found(whole, where) == {"disc": 12, "ring": 12, "square": 0}
     assert len(tiled) == len(whole) == 24
+    # the same scores: the tiler pools the positives as the whole image does (same looks)
+    np.testing.assert_allclose(np.sort(tiled.scores), np.sort(whole.scores), atol=1e-3)
 
 
 def test_pool_keeps_the_best_score_per_place_and_drops_what_a_negative_scores_higher():
@@ -93,6 +104,61 @@ def test_pool_keeps_the_best_score_per_place_and_drops_what_a_negative_scores_hi
     # -> dropped; (50, 50) kept; (200, 0): the negative is higher, but within the margin -> kept
     np.testing.assert_allclose(scores, [0.9, 0.8, 0.4])
     np.testing.assert_allclose(boxes[1], b[0])
+
+
+def test_looks_join_the_positives_that_find_each_other():
+    boxes = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [100, 100, 110, 110.0]])
+    found = [(boxes[:2] + 1, np.array([1.0, LOOK_SCORE])),  # the first finds the second
+             (boxes[1:2], np.array([1.0])),  # the second only itself
+             (boxes[[2, 0]], np.array([1.0, LOOK_SCORE - 0.01])),  # the third the first, weakly
+             ]
+    assert looks(found, boxes).tolist() == [0, 0, 1]
+    found[2] = (boxes[[2, 1]], np.array([1.0, 0.9]))  # ... or the second: one look, via it
+    assert looks(found, boxes).tolist() == [0, 0, 0]
+
+
+def test_pool_means_the_scores_within_a_look_and_takes_the_best_look():
+    a = np.array([[0, 0, 10, 10], [50, 50, 60, 60.0]])
+    b = np.array([[1, 0, 11, 10.0]])
+    c = np.array([[100, 0, 110, 10.0]])
+    found = [(a, [0.8, 0.6]), (b, [0.4]), (c, [0.5])]
+    boxes, scores = pool(found, look=[0, 0, 1])
+    # (0, 0): both of look 0 -> 0.6; (50, 50): one of the two -> 0.3; (100, 0): look 1 alone
+    np.testing.assert_allclose(scores, [0.6, 0.5, 0.3])
+    np.testing.assert_allclose(boxes, [a[0], c[0], a[1]])
+    np.testing.assert_allclose(pool(found)[1], [0.8, 0.6, 0.5])  # each its own look: the best
+
+
+def test_by_looks_a_place_needs_the_support_of_the_references_that_look_alike(shapes,
+                                                                              monkeypatch):
+    ann, _, where = shapes
+    disc, ring = box(where["disc"][0]), box(where["ring"][0])
+    # NCC: the disc finds the ring at 0.66 and the squares at 0.72, the ring the squares at 0.2
+    best = ann.find_similar([disc, ring], score_threshold=0.7)
+    monkeypatch.setattr(references, "POOLING", "looks")
+    alike = ann.find_similar([disc, ring], score_threshold=0.7)
+    assert found(best, where) == {"disc": 12, "ring": 12, "square": 12}
+    assert found(alike, where) == {"disc": 12, "ring": 12, "square": 0}  # one look: both needed
+    assert len(alike) == 24
+
+
+def test_a_stack_pools_its_references_by_look_on_every_plane(shapes, monkeypatch):
+    monkeypatch.setattr(references, "POOLING", "looks")
+    ann, img, where = shapes
+    refs = [box(where["disc"][0]), box(where["ring"][0])]
+    whole = ann.find_similar(refs, score_threshold=0.7)
+    stack = ann.find_similar_stack(np.stack([img, img[::-1]]), refs, 0, score_threshold=0.7)
+    for k, plane in enumerate([where, {n: [(192 - y, x) for y, x in c] for n, c in where.items()}]):
+        assert found(stack[stack.properties["plane"] == k], plane) == found(whole, where)
+    np.testing.assert_allclose(stack[stack.properties["plane"] == 0].scores, whole.scores)
+
+
+def test_positives_added_to_a_set_are_each_their_own_look():
+    refs = references.ReferenceSet(["a", "b", "c"], look=np.array([0, 0, 1]))
+    more = references.with_positives(refs, ["d", "e"])
+    assert more.positives == ["a", "b", "c", "d", "e"]
+    assert more.look.tolist() == [0, 0, 1, 2, 3]
+    assert references.with_positives(references.ReferenceSet(["a"]), ["d"]).look is None
 
 
 @pytest.mark.parametrize("refs, negatives, message", [

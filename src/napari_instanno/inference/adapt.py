@@ -85,16 +85,17 @@ def _heatmap_row_only(grad: Any) -> Any:
 
 def find_adapted(matcher: Any, refs: ReferenceSet, adapt: bool = True
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """``references.find_references`` with the head tuned on ``refs`` first when ``adapt`` and
-    there is something to tune (see ``adapted``); also returns its report."""
+    """``references.find_references`` on the image the boxes of ``refs`` were drawn on (the
+    matcher holds it), with the head tuned on ``refs`` first when ``adapt`` and there is
+    something to tune (see ``adapted``); also returns its report."""
     learned = learned_part(matcher, refs)
     if not adapt or learned is None or not worth_adapting(refs):
-        return (*find_references(matcher, refs), {})
+        return (*find_references(matcher, refs, home=True), {})
     plain = ReferenceSet([getattr(r, "learned", r) for r in refs.positives],
                          [getattr(r, "learned", r) for r in refs.negatives],
-                         refs.boxes, refs.negative_boxes)
+                         refs.boxes, refs.negative_boxes, refs.look)
     with adapted(learned, plain) as report:
-        return (*find_references(learned, plain), report)
+        return (*find_references(learned, plain, home=True), report)
 
 
 def _fit(learned: Any, refs: ReferenceSet, params: list, steps: int, seconds: float, lr: float,

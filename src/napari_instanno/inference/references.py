@@ -1,22 +1,23 @@
 """Several references of one kind, and negatives: what the user wants and what they do not.
 
 Any matcher works: each positive reference is matched on its own and the detections of all of
-them are pooled: the places are the union after non-maximum suppression, each scored by the best
-score of any positive there (``POOLING = "max"``), or by the mean over the positives (0 where one
-finds nothing: a place then needs the support of most references, ``"mean"``). Neither wins
-everywhere (``benchmarks/bench_corrections.py --pooling``, RESULTS.md): with the stage-3 weights
-mean lifted crowdai-buildings/val after 3 rounds from 0.07 to 0.50 and lowered airbus-aircraft/val
-from 0.47 to 0.27; with the generic weights max was ahead on buildings (0.61 / 0.55) and behind on
-aircraft (0.96 / 0.99). Each negative is matched the same way; a candidate is dropped where a
-negative's detection at the same place (box IoU >= ``SAME_PLACE``) scores higher than the
-candidate's best positive score (``pool``), and wherever it is a negative box itself
-(``not_negative``). ``PooledMatcher`` wraps a matcher so that the tiler
+them are pooled: the places are the union after non-maximum suppression, each scored by
+``POOLING``: ``"max"`` (the default), the best score of any positive there; ``"mean"``, the mean
+over the positives (0 where one finds nothing); ``"looks"``, the positives grouped into looks
+(positives that find one another on the image they were drawn on: ``looks``), the mean within each
+look and the best look. Max keeps every reference's false matches, mean loses a second reference
+of another look; by looks keeps fewer of the false matches (F1 of what is shown higher on every
+val folder after 3 rounds) at a slightly lower AP50 (``benchmarks/bench_corrections.py
+--pooling``, RESULTS.md "Session 9"), so max stays the default. Each negative is matched the same
+way; a candidate is dropped where a negative's detection at the same place (box IoU >=
+``SAME_PLACE``) scores higher than the candidate's pooled score (``pool``), and wherever it is a
+negative box itself (``not_negative``). ``PooledMatcher`` wraps a matcher so that the tiler
 (``tiling.find_similar_tiled``) runs a ``ReferenceSet`` tile by tile like a single reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 from ..errors import InstannoError
 from ..geometry import box_iou, nms
 from ..image import check_box
+from .components import DEFAULT_MIN_SCORE
 
 SAME_PLACE = 0.5  # box IoU above which two detections are the same object
 CONFLICT_IOU = 0.5  # a negative this close to a positive is the same object: a contradiction
@@ -41,7 +43,10 @@ MAX_IMAGE_SHARE = 0.5  # a reference covering more of the image leaves no room f
 # spoil the pooled result (bench_corrections: a second reference lost crowdai-buildings 5 of 36
 # buildings and added 12 badly placed boxes at one shared scale, none lost with its own)
 SHARED_SCALE = 1.5
-POOLING = "max"  # how several positives' scores combine at a place: "max" or "mean"
+POOLING = "max"  # how several positives' scores combine at a place: "max", "mean" or "looks"
+# a positive that finds another where the user would see it makes the two one look
+# (bench_corrections: 0.15 about the same; 0.5 lost the F1 gain on buildings; 0.7 is max)
+LOOK_SCORE = DEFAULT_MIN_SCORE
 
 
 def as_boxes(boxes: Any, what: str) -> np.ndarray:
@@ -131,6 +136,9 @@ class ReferenceSet:
     negatives: list[Any] = field(default_factory=list)
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     negative_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    # a look id per positive (``looks``), decided on the image the boxes were drawn on; None:
+    # not decided, each positive its own look
+    look: np.ndarray | None = None
 
     @property
     def method(self) -> str | None:
@@ -194,24 +202,44 @@ def _scale(reference: Any) -> float:
     return float(ref.get("scale", 1.0)) if isinstance(ref, dict) else 1.0
 
 
+def looks(found: Sequence[tuple[np.ndarray, np.ndarray]], boxes: np.ndarray,
+          min_score: float | None = None) -> np.ndarray:
+    """A look id per positive from each one's (boxes, scores) on the image of its ``boxes``:
+    two positives are of one look where either finds the other (a detection at its box, box IoU
+    >= ``SAME_PLACE``, scoring at least ``min_score``; None: ``LOOK_SCORE``), and looks are the
+    connected groups of that relation."""
+    from scipy.sparse.csgraph import connected_components
+
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    same = np.eye(len(boxes), dtype=bool)
+    for i, (b, sc) in enumerate(found):
+        b, sc = np.asarray(b, float).reshape(-1, 4), np.asarray(sc, float).reshape(-1)
+        if len(b):
+            at = np.where(box_iou(boxes, b) >= SAME_PLACE, sc[None], 0.0).max(1)
+            same[i] |= at >= (LOOK_SCORE if min_score is None else min_score)
+    return connected_components(same | same.T, directed=False)[1]
+
+
 def pool(positive: Sequence[tuple[np.ndarray, np.ndarray]],
-         negative: Sequence[tuple[np.ndarray, np.ndarray]] = (), nms_iou: float = SAME_PLACE
-         ) -> tuple[np.ndarray, np.ndarray]:
+         negative: Sequence[tuple[np.ndarray, np.ndarray]] = (), nms_iou: float = SAME_PLACE,
+         look: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Boxes and scores, best first, from each reference's (boxes, scores): the positives'
-    union after NMS, minus the candidates a negative scores higher at the same place."""
+    union after NMS, each place scored by the mean over the positives of each look (``look``:
+    a look id per positive; None: each its own look) and the best look, minus the candidates a
+    negative scores higher at the same place."""
     boxes = np.concatenate([np.asarray(b, float).reshape(-1, 4) for b, _ in positive] or
                            [np.zeros((0, 4))])
     scores = np.concatenate([np.asarray(s, float).reshape(-1) for _, s in positive] or
                             [np.zeros(0)])
     keep = nms(boxes, scores, nms_iou)
     boxes, scores = boxes[keep], scores[keep]
-    if POOLING == "mean" and len(positive) > 1 and len(boxes):
-        per = []
-        for b, sc in positive:  # each reference's score at each candidate (0 where it misses)
-            b, sc = np.asarray(b, float).reshape(-1, 4), np.asarray(sc, float).reshape(-1)
-            per.append(np.where(box_iou(boxes, b) >= SAME_PLACE, sc[None], 0.0).max(1)
-                       if len(b) else np.zeros(len(boxes)))
-        scores = np.mean(per, axis=0)
+    look = np.arange(len(positive)) if look is None else np.asarray(look)
+    if len(boxes) and len(set(look.tolist())) < len(positive):
+        per = np.stack([  # each reference's score at each candidate (0 where it misses)
+            np.where(box_iou(boxes, np.asarray(b, float).reshape(-1, 4)) >= SAME_PLACE,
+                     np.asarray(sc, float).reshape(-1)[None], 0.0).max(1)
+            if len(b) else np.zeros(len(boxes)) for b, sc in positive])
+        scores = np.max([per[look == g].mean(0) for g in np.unique(look)], axis=0)
     if len(boxes) and len(negative):
         nb = np.concatenate([np.asarray(b, float).reshape(-1, 4) for b, _ in negative])
         ns = np.concatenate([np.asarray(s, float).reshape(-1) for _, s in negative])
@@ -224,16 +252,51 @@ def pool(positive: Sequence[tuple[np.ndarray, np.ndarray]],
     return boxes[order], scores[order]
 
 
-def find_references(matcher: Any, refs: ReferenceSet) -> tuple[np.ndarray, np.ndarray]:
+def find_references(matcher: Any, refs: ReferenceSet, home: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (N, 4) and scores (N,) of everything like the positives and unlike the negatives
-    in ``matcher``'s current image, best first."""
+    in ``matcher``'s current image, best first. ``home``: that image is the one the boxes were
+    drawn on, so the positives' looks are decided there (``decide_looks``) unless they are."""
     found = {}  # by scale, so that each scale's features are computed once
     refs_all = list(enumerate(refs.positives + refs.negatives))
     for i, r in sorted(refs_all, key=lambda item: _scale(item[1])):
         found[i] = matcher.find(r)
     n = len(refs.positives)
-    return pool([found[i] for i in range(n)], [found[i] for i in range(n, len(refs_all))],
-                float(getattr(matcher, "nms_iou", SAME_PLACE)))
+    positive = [found[i] for i in range(n)]
+    if home:
+        decide_looks(refs, positive.__getitem__)
+    return pool(positive, [found[i] for i in range(n, len(refs_all))],
+                float(getattr(matcher, "nms_iou", SAME_PLACE)), pooled_looks(refs))
+
+
+def decide_looks(refs: ReferenceSet, find: Callable[[int], tuple[np.ndarray, np.ndarray]]
+                 ) -> None:
+    """Set ``refs.look`` (``looks``) where ``POOLING`` pools by look, there are several positives
+    and no looks yet; ``find(i)``: positive ``i``'s (boxes, scores) on the image its box was
+    drawn on, in that image's pixels."""
+    if pools_by_look(refs.positives) and refs.look is None:
+        refs.look = looks([find(i) for i in range(len(refs.positives))], refs.boxes)
+
+
+def pools_by_look(positives: Sequence[Any]) -> bool:
+    """Whether these positives are pooled by their looks (several, and ``POOLING`` says so)."""
+    return POOLING == "looks" and len(positives) > 1
+
+
+def with_positives(refs: ReferenceSet, more: list[Any]) -> ReferenceSet:
+    """``refs`` with ``more`` positives (no boxes on the reference image), each its own look."""
+    look = refs.look
+    if look is not None and more:
+        look = np.concatenate([look, look.max() + 1 + np.arange(len(more))])
+    return ReferenceSet(refs.positives + more, refs.negatives, look=look)
+
+
+def pooled_looks(refs: ReferenceSet) -> np.ndarray | None:
+    """The look of each positive that ``pool`` combines by: one look for all with ``"mean"``,
+    the decided ones with ``"looks"``, each its own otherwise (None)."""
+    if POOLING == "mean":
+        return np.zeros(len(refs.positives), dtype=int)
+    return refs.look if POOLING == "looks" else None
 
 
 def not_negative(boxes: np.ndarray, negative_boxes: np.ndarray) -> np.ndarray:
@@ -266,5 +329,5 @@ class PooledMatcher:
         nms_iou = float(getattr(self.inner, "nms_iou", SAME_PLACE))
         pos = [self.inner.find_batch(images, r) for r in refs.positives]
         neg = [self.inner.find_batch(images, r) for r in refs.negatives]
-        return [pool([p[i] for p in pos], [n[i] for n in neg], nms_iou)
+        return [pool([p[i] for p in pos], [n[i] for n in neg], nms_iou, pooled_looks(refs))
                 for i in range(len(images))]

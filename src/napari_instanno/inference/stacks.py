@@ -34,10 +34,12 @@ from .policy import tiling_plan
 from .references import (
     ReferenceSet,
     check_references,
+    decide_looks,
     embed_references,
     find_references,
     not_negative,
     smallest,
+    with_positives,
 )
 from .tracks import MAX_GAP, MIN_IOU, link_tracks
 
@@ -117,7 +119,7 @@ class _Run:
         holds the plane); none where ``negative_boxes`` are, as ``Annotator.find_similar``."""
         refs = self.references
         if seeds:
-            refs = ReferenceSet(refs.positives + seeds, refs.negatives)
+            refs = with_positives(refs, seeds)
         boxes, scores = find_references(self.matcher, refs)
         keep = (scores >= self.score_threshold) & not_negative(boxes, negative_boxes)
         h, w = self.rgb.shape[:2]
@@ -215,6 +217,7 @@ def find_similar_stack(
     run = _Run(annotator, planes, boxes, float(score_threshold))
     run.ref_rgb = run.hold(-1 if ref_plane is None else ref_plane, ref)
     run.references = embed_references(run.matcher, boxes, negative_boxes)
+    decide_looks(run.references, lambda i: run.matcher.find(run.references.positives[i]))
     fingerprint = {
         "planes": n, "sources": planes.sources, "plane_shape": list(planes.shape(0) or ()),
         "ref_plane": -1 if ref_plane is None else ref_plane, "ref_boxes": boxes,

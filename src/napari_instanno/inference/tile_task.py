@@ -20,7 +20,8 @@ from .components import upscale_factor
 from .duplicates import duplicates_suppressed
 from .engine import borrow, give_back_memory
 from .oom import on_cpu, with_oom_fallback
-from .policy import reference_grid
+from .policy import reference_grid, tiling_plan
+from .references import decide_looks, pools_by_look, smallest
 from .seams import Tile, owned, window
 from .sources import Source
 
@@ -88,6 +89,30 @@ def embed_reference(job: TileJob, tiles: list[Tile], box: np.ndarray) -> Any:
     finally:
         if hasattr(learned, "view_pixels"):
             learned.view_pixels = None
+
+
+def decide_tiled_looks(job: TileJob, boxes: np.ndarray) -> None:
+    """``references.decide_looks`` for ``job.reference``: from what each positive finds in the
+    window holding every positive box (plus the halo), when the matcher takes that window
+    whole (``policy.tiling_plan``); else each positive stays its own look."""
+    if not pools_by_look(boxes):
+        return
+    h, w = job.source.shape[:2]
+    y0, x0 = max(int(boxes[:, 1].min()) - job.halo, 0), max(int(boxes[:, 0].min()) - job.halo, 0)
+    y1 = min(int(np.ceil(boxes[:, 3].max())) + job.halo, h)
+    x1 = min(int(np.ceil(boxes[:, 2].max())) + job.halo, w)
+    matcher = job.warm_models[0]
+    if tiling_plan((y1 - y0, x1 - x0), smallest(boxes), matcher).tiled:
+        return
+    matcher.set_image(to_rgb01(job.source.read(y0, y1, x0, x1), job.value_range))
+    offset = np.array([x0, y0, x0, y0], dtype=np.float64)
+    single = getattr(matcher, "inner", matcher)  # each positive alone, not the pooled set
+
+    def find(i: int) -> tuple[np.ndarray, np.ndarray]:
+        b, s = single.find(job.reference.positives[i])
+        return np.asarray(b, np.float64).reshape(-1, 4) + offset, s
+
+    decide_looks(job.reference, find)
 
 
 def run_tiles(job: TileJob, tiles: list[Tile]) -> list[Outcome]:

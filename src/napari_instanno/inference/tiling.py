@@ -28,10 +28,17 @@ from .engine import release, run_tasks
 from .guard import label_method
 from .merge import merge_tiles, report
 from .policy import TILE_SIZE, default_halo, tiling_plan
-from .references import PooledMatcher, check_references, embed_references, not_negative, representative, side
+from .references import (
+    PooledMatcher,
+    check_references,
+    embed_references,
+    not_negative,
+    representative,
+    side,
+)
 from .seams import Tile, plan_tiles
 from .sources import SourceError, as_source
-from .tile_task import Outcome, TileJob, embed_reference, run_tiles
+from .tile_task import Outcome, TileJob, decide_tiled_looks, embed_reference, run_tiles
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +159,7 @@ def find_similar_tiled(
             job.reference = (embed_references(lambda b: embed_reference(job, tiles, b), boxes, neg,
                                               job.warm_models[0], shared=np.inf)
                              if several else embed_reference(job, tiles, box))
+            decide_tiled_looks(job, boxes)
 
             def on_outcomes(outs: list[Outcome]) -> bool:
                 nonlocal interrupted
