@@ -202,12 +202,11 @@ def _scale(reference: Any) -> float:
     return float(ref.get("scale", 1.0)) if isinstance(ref, dict) else 1.0
 
 
-def looks(found: Sequence[tuple[np.ndarray, np.ndarray]], boxes: np.ndarray,
-          min_score: float | None = None) -> np.ndarray:
+def looks(found: Sequence[tuple[np.ndarray, np.ndarray]], boxes: np.ndarray) -> np.ndarray:
     """A look id per positive from each one's (boxes, scores) on the image of its ``boxes``:
     two positives are of one look where either finds the other (a detection at its box, box IoU
-    >= ``SAME_PLACE``, scoring at least ``min_score``; None: ``LOOK_SCORE``), and looks are the
-    connected groups of that relation."""
+    >= ``SAME_PLACE``, scoring at least ``LOOK_SCORE``), and looks are the connected groups of
+    that relation."""
     from scipy.sparse.csgraph import connected_components
 
     boxes = np.asarray(boxes, float).reshape(-1, 4)
@@ -216,7 +215,7 @@ def looks(found: Sequence[tuple[np.ndarray, np.ndarray]], boxes: np.ndarray,
         b, sc = np.asarray(b, float).reshape(-1, 4), np.asarray(sc, float).reshape(-1)
         if len(b):
             at = np.where(box_iou(boxes, b) >= SAME_PLACE, sc[None], 0.0).max(1)
-            same[i] |= at >= (LOOK_SCORE if min_score is None else min_score)
+            same[i] |= at >= LOOK_SCORE
     return connected_components(same | same.T, directed=False)[1]
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InstannoError
 from ..instances import Instances
+from . import references
 from .checkpoint import TileStore
 from .engine import release, run_tasks
 from .guard import label_method
@@ -131,6 +132,7 @@ def find_similar_tiled(
     fingerprint = {
         "shape": list(shape), "dtype": str(source.dtype), "tile_size": plan.tile_size,
         "halo": plan.halo, "ref_box": boxes if several else box,
+        **({"pooling": references.POOLING} if len(boxes) > 1 else {}),
         **({"negatives": neg} if len(neg) else {}), "score_threshold": float(score_threshold),
         "value_range": value_range, "matcher": _describe(matcher),
         "outliner": _describe(outliner), "margin": margin,
