@@ -112,5 +112,6 @@ def test_a_large_image_gets_fewer_views_and_the_tiler_sets_the_whole_images_pixe
     m = LearnedMatcher(weights=random_weights, min_reference_side=0)
     m.set_image(np.zeros((64, 64, 3), np.float32))
     assert len(m.embed_reference(np.array([8.0, 8, 40, 40]))["views"]) == 7
-    m.view_pixels = VIEW_PIXELS / 3  # as the tiler sets it for a large image
-    assert len(m.embed_reference(np.array([8.0, 8, 40, 40]))["views"]) == 1
+    with m.views_as_for(VIEW_PIXELS / 3):  # as the tiler does for a large image
+        assert len(m.embed_reference(np.array([8.0, 8, 40, 40]))["views"]) == 1
+    assert len(m.embed_reference(np.array([8.0, 8, 40, 40]))["views"]) == 7  # reset after

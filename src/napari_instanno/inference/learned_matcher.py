@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ class LearnedMatcher:
     of two boxes is dropped.
     ``views``: the most dihedral views (``inference.views``: 1, 2, 4 or 8) a reference is matched
     in, its detections fused; how many it gets depends on the pixels of the image the reference
-    is embedded for (``view_pixels``, default the current image's; the tiler sets the whole
+    is embedded for (the current image's; the tiler embeds inside ``views_as_for`` the whole
     image's, so tiles get the views the whole image would) at the reference's scale.
     ``precision`` (``inference.precision``): ``"auto"`` runs the network in bfloat16 autocast on
     CPUs with AMX, float32 elsewhere; ``"float16"`` is a GPU's fast path. References stay float32
@@ -143,6 +144,16 @@ class LearnedMatcher:
         """(H, W) of an image of ``shape`` as the model sees it: rescaled, padded."""
         h, w = (int(np.floor(n * scale)) for n in shape)
         return h + -h % PAD, w + -w % PAD
+
+    @contextlib.contextmanager
+    def views_as_for(self, pixels: float) -> Iterator[None]:
+        """Inside the block, references get the views an image of ``pixels`` would (the tiler:
+        the whole image's, not the window's it embeds them in)."""
+        self.view_pixels = float(pixels)
+        try:
+            yield
+        finally:
+            self.view_pixels = None
 
     def embed_reference(self, ref_box: np.ndarray) -> dict[str, Any]:
         """Pooled reference features per scale, the box size and the image scale (usable on any

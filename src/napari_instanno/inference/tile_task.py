@@ -8,6 +8,7 @@ it. Out of memory, a batch is redone one tile at a time, a tile is split in four
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -81,14 +82,10 @@ def embed_reference(job: TileJob, tiles: list[Tile], box: np.ndarray) -> Any:
     y0, x0 = min(y0, int(np.floor(box[1]))), min(x0, int(np.floor(box[0])))
     y1, x1 = max(y1, int(np.ceil(box[3]))), max(x1, int(np.ceil(box[2])))
     matcher.set_image(to_rgb01(job.source.read(y0, y1, x0, x1), job.value_range))
-    learned = getattr(matcher, "learned", matcher)
-    if hasattr(learned, "view_pixels"):  # the views the whole image would get (``views_for``)
-        learned.view_pixels = float(job.source.shape[0]) * float(job.source.shape[1])
-    try:
+    as_whole = getattr(getattr(matcher, "learned", matcher), "views_as_for", None)
+    with (as_whole(float(job.source.shape[0]) * float(job.source.shape[1])) if as_whole
+          else nullcontext()):  # the views the whole image would get (``views_for``)
         return matcher.embed_reference(box - np.array([x0, y0, x0, y0]))
-    finally:
-        if hasattr(learned, "view_pixels"):
-            learned.view_pixels = None
 
 
 def decide_tiled_looks(job: TileJob, boxes: np.ndarray) -> None:
