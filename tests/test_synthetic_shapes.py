@@ -11,10 +11,9 @@ from PIL import Image
 from shapely.geometry import Polygon
 
 from napari_instanno.errors import InstannoError
-from napari_instanno.geometry import mask_iou, polygon_to_mask
+from napari_instanno.geometry import fit_to_box, mask_iou, polygon_to_mask
 from napari_instanno.training.synthetic_shapes import (
     SHAPES,
-    fit_to_box,
     paste,
     random_shape,
     shape_crops,

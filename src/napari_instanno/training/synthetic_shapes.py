@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry import resample_polygon
+from ..geometry import fit_to_box, resample_polygon
 
 SHAPES = ("blob", "polygon", "rectangle", "l_shape", "elongated", "bent")
 
@@ -73,14 +73,6 @@ def random_shape(kind: str, rng: np.random.Generator) -> np.ndarray:
         inner = np.stack([(1 - width) * np.cos(t), (1 - width) * np.sin(t)], axis=1)[::-1]
         return _rotate(np.concatenate([outer, inner]), rng)
     raise ValueError(f"unknown shape kind {kind!r}; use one of {SHAPES}")
-
-
-def fit_to_box(poly: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """``poly`` (row, col) scaled and moved, each axis on its own, so its bounds are ``box``
-    (x0, y0, x1, y1): the anisotropic frame of the cached crops."""
-    lo, hi = poly.min(axis=0), poly.max(axis=0)
-    x0, y0, x1, y1 = box
-    return (poly - lo) / np.maximum(hi - lo, 1e-9) * [y1 - y0, x1 - x0] + [y0, x0]
 
 
 def soft_mask(poly: np.ndarray, size: int, blur: float = 0.0) -> np.ndarray:
