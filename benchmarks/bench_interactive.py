@@ -11,6 +11,10 @@ NCC + Otsu run in the same process on the same calls: the ratios are against the
     OMP_NUM_THREADS=1 python benchmarks/bench_interactive.py --threads 2
     xvfb-run -a python benchmarks/bench_interactive.py --threads 2 --widget   # + the widget path
 
+``--lazy`` also times the largest image as a lazy (dask) array, which the widget sends through
+the tiler: "click" outlines the shown part (``find_similar_tiled(..., outline_threshold=)``),
+"all" every candidate (what the widget's tiled path did before).
+
 ``--widget`` also times the widget in a real viewer: the dsb2018 image opened, the widget docked
 (its models load in the background meanwhile), a reference drawn, Run -> the result layer filled.
 """
@@ -68,6 +72,20 @@ def clicks(ann, rgb: np.ndarray, ref: np.ndarray, other: np.ndarray) -> dict[str
     return out
 
 
+def lazy_clicks(ann, rgb: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Seconds for a new image given as a dask array (the tiler), "click" and "all" as above."""
+    import dask.array as da
+
+    from napari_instanno.inference.tiling import find_similar_tiled
+
+    lazy = da.from_array((rgb * 255).astype(np.uint8), chunks=512)
+    out = {}
+    for mode, kw in (("all", {}), ("click", {"outline_threshold": SHOWN})):
+        out[f"lazy {mode}"], inst = timed(lambda kw=kw: find_similar_tiled(ann, lazy, ref, **kw))
+        out["found"], out["shown"] = len(inst), int((inst.scores >= SHOWN).sum())
+    return out
+
+
 def median(runs: list[dict[str, float]]) -> dict[str, float]:
     """Each entry's median over the runs."""
     return {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
@@ -108,6 +126,7 @@ def main() -> None:
     p.add_argument("--shared", default="../shared/data")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--widget", action="store_true", help="also time the widget path (needs a display)")
+    p.add_argument("--lazy", action="store_true", help="also the largest image as a dask array")
     p.add_argument("--repeats", type=int, default=3,
                    help="time each click this many times and print the median (a shared CPU's "
                         "noise)")
@@ -139,6 +158,17 @@ def main() -> None:
               + "".join(f"{b[c]:>13.2f}" for c in cols))
         print(f"{'  ratio':<26}{'':>10}  {'':>11}  "
               + "".join(f"{'x%.1f' % (a[c] / max(b[c], 1e-9)):>13}" for c in cols), flush=True)
+    if args.lazy:
+        name, rgb, ref, _ = scenes[0]
+        cols = ("lazy click", "lazy all")
+        a, b = (median([lazy_clicks(ann, rgb, ref) for _ in range(args.repeats)])
+                for ann in (learned, ncc))
+        print(f"{name + ' (dask)':<26}{'':>10}  {int(a['found']):>5}/{int(a['shown']):<5}  "
+              + "".join(f"{c + ' ' + format(a[c], '.2f'):>16}" for c in cols))
+        print(f"{'  ncc + otsu':<26}{'':>10}  {int(b['found']):>5}/{int(b['shown']):<5}  "
+              + "".join(f"{c + ' ' + format(b[c], '.2f'):>16}" for c in cols))
+        print(f"{'  ratio':<26}{'':>10}  {'':>11}  "
+              + "".join(f"{'x%.1f' % (a[c] / max(b[c], 1e-9)):>16}" for c in cols), flush=True)
     if args.widget:
         name, rgb, ref, _ = scenes[0]
         widget_path(rgb, ref)

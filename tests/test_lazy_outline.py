@@ -11,13 +11,19 @@ from napari_instanno.models.weights import shipped_path
 from napari_instanno.samples import nuclei_sample
 
 
-def _same(a, b) -> None:
+def _same(a, b, min_iou: float | None = None) -> None:
+    """Same instances; polygons equal up to float noise (or, with ``min_iou``, overlapping at
+    least that much: simplification may then drop a vertex)."""
     assert len(a) == len(b)
     oa, ob = np.argsort(-a.scores, kind="stable"), np.argsort(-b.scores, kind="stable")
     np.testing.assert_allclose(a.scores[oa], b.scores[ob])
     np.testing.assert_allclose(a.boxes[oa], b.boxes[ob])
     for i, j in zip(oa, ob, strict=True):
-        np.testing.assert_allclose(a.polygons[i], b.polygons[j], atol=1e-3)  # batching: float noise
+        if min_iou is None:
+            np.testing.assert_allclose(a.polygons[i], b.polygons[j], atol=1e-3)  # batching noise
+        else:
+            ga, gb = a.geometries[i], b.geometries[j]
+            assert ga.intersection(gb).area / ga.union(gb).area >= min_iou
 
 
 def _check(ann: Annotator, image: np.ndarray, box: np.ndarray, threshold: float) -> None:
@@ -56,3 +62,44 @@ def test_without_stand_ins_outline_changes_nothing():
     full = ann.find_similar(box, score_threshold=0.4)
     assert "outlined" not in full.properties and (full.scores >= 0.4).all()
     assert ann.outline(full) is full
+
+
+def _check_tiled(ann: Annotator, threshold: float, tmp_path) -> None:
+    """A tiled run (a lazy image, small tiles) outlining the shown part first, then
+    ``outline_tiled``, equals the tiled run outlining every candidate; a checkpoint keeps which
+    polygons are stand-ins."""
+    import dask.array as da
+
+    from napari_instanno.inference.tiled_outlines import outline_tiled
+    from napari_instanno.inference.tiling import find_similar_tiled
+
+    image, box = nuclei_sample()
+    lazy_image = da.from_array(image, chunks=64)
+    full = find_similar_tiled(ann, lazy_image, box, tile_size=128)
+    lazy = find_similar_tiled(ann, lazy_image, box, tile_size=128, outline_threshold=threshold,
+                              checkpoint=tmp_path / "ckpt")
+    flag = lazy.properties["outlined"]
+    assert flag.any() and not flag.all()
+    assert (lazy.scores[flag] >= threshold).all() and (lazy.scores[~flag] < threshold).all()
+    _same(lazy[flag], full[full.scores >= threshold])
+    resumed = find_similar_tiled(ann, lazy_image, box, tile_size=128, outline_threshold=threshold,
+                                 checkpoint=tmp_path / "ckpt")  # every tile read back from disk
+    np.testing.assert_array_equal(resumed.properties["outlined"], flag)
+    half = outline_tiled(ann.outliner, lazy_image, lazy, threshold / 2)
+    assert (half.properties["outlined"] == (half.scores >= threshold / 2)).all()
+    steps = []
+    done = outline_tiled(ann.outliner, lazy_image, half, progress=lambda d, t: steps.append(d))
+    assert done.properties["outlined"].all() and steps[-1] == len(steps) - 1 > 0
+    _same(done, full, min_iou=0.99)  # outlined in another window: bfloat16 noise (learned)
+    cancelled = outline_tiled(ann.outliner, lazy_image, lazy, cancel=lambda: True)
+    np.testing.assert_array_equal(cancelled.properties["outlined"], flag)  # nothing lost
+
+
+def test_tiled_lazy_outlining_equals_outlining_everything_ncc(tmp_path):
+    _check_tiled(Annotator(matcher="ncc", outliner="otsu", device="cpu"), 0.5, tmp_path)
+
+
+@pytest.mark.skipif(shipped_path("matcher") is None or shipped_path("contour") is None,
+                    reason="the learned models are not shipped in this checkout")
+def test_tiled_lazy_outlining_equals_outlining_everything_learned(tmp_path):
+    _check_tiled(Annotator(matcher="learned", outliner="learned", device="cpu"), 0.3, tmp_path)

@@ -97,6 +97,41 @@ def test_slider_moves_while_outlining_and_ends_with_the_full_run(setup, slow_out
     assert list(layer.features["status"]).count("accepted") == 2  # the review is kept
 
 
+def test_a_lazy_image_outlines_what_is_shown_first_and_the_rest_when_the_slider_goes_down(
+        make_napari_viewer, qtbot):
+    import dask.array as da
+
+    from napari_instanno.inference.tiling import find_similar_tiled
+
+    image, box = nuclei_sample()
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(image, chunks=64), name="lazy")  # goes through the tiler
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    viewer.layers["reference"].add_rectangles([box_to_rectangle(box)])
+    full = find_similar_tiled(Annotator(matcher="ncc", outliner="otsu", device="cpu"),
+                              da.from_array(image, chunks=64), box)
+    shown = float(widget._threshold.value)
+    assert widget.run() is not None
+    _wait(qtbot, widget)
+    layer = widget.result_layer()
+    assert len(layer.data) == int((full.scores >= shown).sum()) < len(full)
+    assert widget._pending is not None and widget._pending.tiled  # the rest wait, not outlined
+    layer.selected_data = {0}
+    widget.accept_selected()
+    widget._threshold.value = 0.0  # down: outlined window by window in the background
+    _wait(qtbot, widget)
+    assert len(layer.data) == len(full)
+    everything = _everything(layer)
+    np.testing.assert_allclose(np.sort(everything.scores), np.sort(full.scores))
+    got = np.sort([p.mean(axis=0) for p in everything.polygons], axis=0)
+    np.testing.assert_allclose(got, np.sort([p.mean(axis=0) for p in full.polygons], axis=0),
+                               atol=1e-6)  # the outlines a full run gives, not the stand-ins
+    assert list(layer.features["status"]).count("accepted") == 1
+    assert "more outlined" in widget._info.value
+
+
 def test_new_reference_while_outlining_leaves_no_stale_shapes(setup, slow_outline):
     viewer, widget, qtbot = setup
     first = widget.reference_box()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InstannoError
-from ..geometry import ellipse_polygon, polygon_box
+from ..geometry import polygon_box
 from ..image import check_box, clip_boxes, to_rgb01
 from ..instances import Instances
 from .adapt import ADAPT_BY_DEFAULT, find_adapted
@@ -21,6 +21,7 @@ from .guard import label_method
 from .outline_memo import OutlineMemo
 from .policy import tiling_plan
 from .references import check_references, embed_references, not_negative, smallest
+from .stand_ins import FLAG, finished, stand_ins, waiting
 
 # name -> "module:Class"; learned models register here and are the default when their weights ship.
 MATCHERS = {  # the first is the widget's default choice
@@ -37,7 +38,6 @@ OUTLINERS = {
 WEIGHTS = {"matcher": "matcher", "outliner": "contour"}
 DEFAULT = {"matcher": "learned", "outliner": "learned"}  # when the weights ship
 FALLBACK = {"matcher": "ncc", "outliner": "otsu"}
-STAND_IN_VERTICES = 16  # the ellipse standing in for a candidate not outlined yet
 
 
 def default_device() -> str:
@@ -148,7 +148,7 @@ class Annotator:
         ``outline_threshold``: outline now only the candidates scoring at least this (what a
         viewer shows first); the others get their box's ellipse as a stand-in polygon and
         ``properties["outlined"]`` False, for ``outline`` to finish later with the same result
-        as outlining all at once. Tiled runs outline every candidate.
+        as outlining all at once (a tiled run's: ``tiled_outlines.outline_tiled``).
         """
         if self._rgb is None:
             raise InstannoError("no image set; call set_image(image) first")
@@ -161,6 +161,7 @@ class Annotator:
 
             return find_similar_tiled(self, self._rgb, pos, negatives=neg,
                                       score_threshold=score_threshold, category=category,
+                                      outline_threshold=outline_threshold,
                                       value_range=((0.0,) * 3, (1.0,) * 3))
         matcher = self._component("matcher")
         reference = embed_references(matcher, pos, neg)
@@ -176,10 +177,10 @@ class Annotator:
                          scores=scores[now][keep], categories={1: category})
         if outline_threshold is not None:
             later = ~now
-            rest = Instances(polygons=[ellipse_polygon(b, STAND_IN_VERTICES) for b in boxes[later]],
-                             boxes=boxes[later], scores=scores[later], categories={1: category},
-                             properties={"outlined": np.zeros(int(later.sum()), dtype=bool)})
-            inst.properties["outlined"] = np.ones(len(inst), dtype=bool)
+            rest = Instances(polygons=stand_ins(boxes[later]), boxes=boxes[later],
+                             scores=scores[later], categories={1: category},
+                             properties={FLAG: np.zeros(int(later.sum()), dtype=bool)})
+            inst.properties[FLAG] = np.ones(len(inst), dtype=bool)
             inst = Instances.concat([inst, rest])
         return label_method(inst, reference)
 
@@ -189,27 +190,12 @@ class Annotator:
 
     def outline(self, inst: Instances, min_score: float = 0.0) -> Instances:
         """``inst`` from ``find_similar(..., outline_threshold=)`` on the current image, with its
-        stand-ins scoring at least ``min_score`` outlined and the ones that then duplicate a better
-        outline dropped: the same instances as outlining them all at once, best first."""
-        flag = inst.properties.get("outlined")
-        todo = np.zeros(len(inst), bool) if flag is None else ~flag.astype(bool)
-        todo = np.flatnonzero(todo & (inst.scores >= min_score))
+        stand-ins scoring at least ``min_score`` outlined (``stand_ins.finished``: the same
+        instances as outlining them all at once, best first)."""
+        todo = waiting(inst, min_score)
         if not len(todo):
             return inst
-        polygons = list(inst.polygons)
-        for i, poly in zip(todo, self._outline_candidates(inst.boxes[todo]), strict=True):
-            polygons[i] = poly
-        done = flag.astype(bool)
-        done[todo] = True
-        outlined = np.flatnonzero(done)
-        keep = outlined[duplicates_suppressed([polygons[i] for i in outlined], inst.scores[outlined])]
-        idx = np.concatenate([keep, np.flatnonzero(~done)])
-        idx = idx[np.argsort(-inst.scores[idx], kind="stable")]
-        return Instances(polygons=[polygons[i] for i in idx], boxes=inst.boxes[idx],
-                         scores=inst.scores[idx], category_ids=inst.category_ids[idx],
-                         categories=dict(inst.categories), status=inst.status[idx],
-                         properties={**{k: v[idx] for k, v in inst.properties.items()},
-                                     "outlined": done[idx]})
+        return finished(inst, todo, self._outline_candidates(inst.boxes[todo]))
 
     def box_to_polygon(self, box: Any) -> np.ndarray:
         """The polygon of the one instance inside ``box``."""

@@ -28,6 +28,7 @@ class TileResult:
 
     ``polygons`` is None while they wait on disk (``TileStore.polygons`` reads them).
     ``touched`` counts polygons that reached a window edge inside the image (maybe cut).
+    ``outlined``: False where the polygon is a stand-in (``stand_ins``); None: all outlined.
     """
 
     index: int
@@ -35,6 +36,7 @@ class TileResult:
     scores: np.ndarray
     polygons: list[np.ndarray] | None
     touched: int = 0
+    outlined: np.ndarray | None = None
 
 
 class TileStore:
@@ -77,7 +79,8 @@ class TileStore:
             try:
                 with np.load(p) as z:
                     out.append(TileResult(int(p.stem), z["boxes"], z["scores"], None,
-                                          int(z["touched"])))
+                                          int(z["touched"]),
+                                          z["outlined"] if "outlined" in z.files else None))
             except (OSError, ValueError, KeyError):
                 p.unlink(missing_ok=True)  # a torn file from a crash: redo that tile
         return out
@@ -95,12 +98,14 @@ class TileStore:
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, boxes=result.boxes, scores=result.scores, lengths=lengths,
-                         coords=coords, touched=np.int64(result.touched))
+                         coords=coords, touched=np.int64(result.touched),
+                         **({} if result.outlined is None else {"outlined": result.outlined}))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return TileResult(result.index, result.boxes, result.scores, None, result.touched)
+        return TileResult(result.index, result.boxes, result.scores, None, result.touched,
+                          result.outlined)
 
     def polygons(self, index: int) -> list[np.ndarray]:
         """The polygons of a finished tile."""

@@ -12,6 +12,7 @@ import numpy as np
 from ..instances import Instances
 from .checkpoint import TileResult, TileStore
 from .seams import Tile, near_edge, seam_nms
+from .stand_ins import FLAG
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def merge_tiles(tiles: list[Tile], results: dict[int, TileResult], store: TileSt
                 continue
             polys = store.polygons(r.index)
             part = Instances(polygons=[p for p, kk in zip(polys, k, strict=True) if kk],
-                             boxes=r.boxes[k], scores=r.scores[k], categories={1: category})
+                             boxes=r.boxes[k], scores=r.scores[k], categories={1: category},
+                             properties={} if r.outlined is None else {FLAG: r.outlined[k]})
             if writer is not None:
                 writer.write(part)
             if collect:

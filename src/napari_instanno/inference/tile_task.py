@@ -25,6 +25,7 @@ from .policy import reference_grid, tiling_plan
 from .references import decide_looks, pools_by_look, smallest
 from .seams import Tile, owned, window
 from .sources import Source
+from .stand_ins import stand_ins
 
 MIN_SPLIT = 64  # an out-of-memory tile is split in four down to cores of this size
 READ_THREADS = 8  # parallel window reads per batch
@@ -37,6 +38,8 @@ Bounds = tuple[float, float, float, float]  # an ownership rectangle, (y0, y1, x
 class TileJob:
     """Everything a tile task needs; pickled once per worker on a cluster.
 
+    ``outline_threshold``: outline only detections scoring at least this (None: all); the
+    others get stand-ins (``stand_ins``).
     ``warm_models``: a copy of the components that already holds the reference image's features
     (the first task in this process borrows it); never pickled.
     """
@@ -49,6 +52,7 @@ class TileJob:
     score_threshold: float
     margin: float
     halo: int
+    outline_threshold: float | None = None
     warm_models: Any = field(default=None, repr=False)
 
     def __getstate__(self) -> dict:
@@ -180,7 +184,9 @@ def _tile_result(job: TileJob, comps: tuple[Any, Any], index: int, core: Core, o
             return TileResult(index, np.concatenate([p.boxes for p in parts]),
                               np.concatenate([p.scores for p in parts]),
                               [q for p in parts for q in p.polygons],
-                              sum(p.touched for p in parts))
+                              sum(p.touched for p in parts),
+                              None if job.outline_threshold is None
+                              else np.concatenate([p.outlined for p in parts]))
         if any(hasattr(c, "to") for c in comps):
             notes.append(f"tile {index} ran out of memory even when split; retrying it on the CPU")
             with on_cpu(comps, notes):
@@ -221,7 +227,8 @@ def _detect(job: TileJob, comps: tuple[Any, Any], index: int, core: Core, own: B
 def _outlined(job: TileJob, outliner: Any, index: int, win: Core, rgb: np.ndarray,
               boxes: np.ndarray, scores: np.ndarray, own: Bounds) -> TileResult:
     """The window's detections that the tile owns, in image coordinates, with their polygons (of
-    two outlines of one object, the better one: ``duplicates``)."""
+    two outlines of one object, the better one: ``duplicates``); with ``job.outline_threshold``
+    those scoring less get stand-ins (``stand_ins``) and ``outlined`` False."""
     h, w = job.source.shape
     y0, y1, x0, x1 = win
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -230,6 +237,10 @@ def _outlined(job: TileJob, outliner: Any, index: int, win: Core, rgb: np.ndarra
     keep = (scores >= job.score_threshold) & owned(glob, own, 0.0)
     keep &= (glob[:, 2] > glob[:, 0]) & (glob[:, 3] > glob[:, 1])
     glob, scores = glob[keep], scores[keep]
+    later = (np.zeros(len(glob), bool) if job.outline_threshold is None
+             else scores < job.outline_threshold)
+    rest, rest_scores = glob[later], scores[later]
+    glob, scores = glob[~later], scores[~later]
     polygons: list[np.ndarray] = []
     touched = 0
     if len(glob):
@@ -238,9 +249,17 @@ def _outlined(job: TileJob, outliner: Any, index: int, win: Core, rgb: np.ndarra
         polygons = [np.asarray(p, dtype=np.float64) + [y0, x0] for p in local]
         keep = np.sort(duplicates_suppressed(polygons, scores))
         glob, scores, polygons = glob[keep], scores[keep], [polygons[i] for i in keep]
-        inner = (y0 > 0, y1 < h, x0 > 0, x1 < w)
-        for p in polygons:
-            lo, hi = p.min(axis=0), p.max(axis=0)
-            touched += int((inner[0] and lo[0] <= y0 + 0.5) or (inner[1] and hi[0] >= y1 - 0.5)
-                           or (inner[2] and lo[1] <= x0 + 0.5) or (inner[3] and hi[1] >= x1 - 0.5))
-    return TileResult(index, glob, scores, polygons, touched)
+        touched = sum(_touches(p, win, (h, w)) for p in polygons)
+    if job.outline_threshold is None:
+        return TileResult(index, glob, scores, polygons, touched)
+    return TileResult(index, np.concatenate([glob, rest]), np.concatenate([scores, rest_scores]),
+                      polygons + stand_ins(rest), touched,
+                      np.arange(len(glob) + len(rest)) < len(glob))
+
+
+def _touches(polygon: np.ndarray, win: Core, shape: tuple[int, int]) -> bool:
+    """Whether ``polygon`` reaches an edge of window ``win`` that lies inside the image."""
+    y0, y1, x0, x1 = win
+    lo, hi = polygon.min(axis=0), polygon.max(axis=0)
+    return bool((y0 > 0 and lo[0] <= y0 + 0.5) or (y1 < shape[0] and hi[0] >= y1 - 0.5)
+                or (x0 > 0 and lo[1] <= x0 + 0.5) or (x1 < shape[1] and hi[1] >= x1 - 0.5))

@@ -73,6 +73,7 @@ def find_similar_tiled(
     halo: int | None = None,
     category: str = "object",
     score_threshold: float = 0.0,
+    outline_threshold: float | None = None,
     scheduler: Any = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -95,6 +96,9 @@ def find_similar_tiled(
     ``tile_size`` cores and ``halo`` pixels of context (default: the reference's longest side,
     rounded up to 32); a matcher that upscales small references gets smaller tiles
     (``policy.tiling_plan``).
+    ``outline_threshold``: outline only the detections scoring at least this (what a viewer
+    shows first); the others get stand-ins and ``properties["outlined"]`` False, for
+    ``tiled_outlines.outline_tiled`` to outline later (as ``Annotator.find_similar``).
     ``value_range`` (per-channel low, high) defaults to one computed from a low-resolution
     sample, shared by all tiles. ``scheduler``: None (dask threads, ``workers`` of them:
     ``default_workers``), ``"sync"``, a ``distributed.Client`` or a scheduler address. ``batch_size`` tiles
@@ -134,6 +138,7 @@ def find_similar_tiled(
         "halo": plan.halo, "ref_box": boxes if several else box,
         **({"pooling": references.POOLING} if len(boxes) > 1 else {}),
         **({"negatives": neg} if len(neg) else {}), "score_threshold": float(score_threshold),
+        **({} if outline_threshold is None else {"outline_threshold": float(outline_threshold)}),
         "value_range": value_range, "matcher": _describe(matcher),
         "outliner": _describe(outliner), "margin": margin,
     }
@@ -150,7 +155,8 @@ def find_similar_tiled(
         log.info("resuming: %d of %d tiles already done", len(results), total)
 
     job = TileJob(uuid.uuid4().hex, (matcher, outliner), source, None, value_range,
-                  float(score_threshold), margin, plan.halo)
+                  float(score_threshold), margin, plan.halo,
+                  None if outline_threshold is None else float(outline_threshold))
     pending = [t for t in tiles if t.index not in results]
     failures: dict[int, str] = {}
     interrupted: str | None = None

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InstannoError
+from ..inference.stand_ins import FLAG, waiting
 from ..instances import Instances
 
 
@@ -48,7 +49,8 @@ def _build(names: Names) -> Any:
 class Pending:
     """A run's candidates not outlined yet (``Annotator.find_similar(outline_threshold=)``),
     outlined when the shown threshold goes below ``floor``; where they go (``results``, a
-    ``ResultLayer``, at plane ``indices``) and what outlines them (``names``, ``key``, ``plane``)."""
+    ``ResultLayer``, at plane ``indices``) and what outlines them (``names``, ``key``, ``plane``,
+    through the tiler when ``tiled``)."""
 
     results: Any
     indices: tuple
@@ -58,15 +60,15 @@ class Pending:
     category: str
     inst: Instances
     floor: float
+    tiled: bool = False
 
     def needs(self, threshold: float) -> bool:
         """Whether candidates scoring >= ``threshold`` still wait for their outline."""
-        waiting = ~self.inst.properties["outlined"].astype(bool)
-        return threshold < self.floor and bool((self.inst.scores[waiting] >= threshold).any())
+        return threshold < self.floor and bool(len(waiting(self.inst, threshold)))
 
     def advance(self, inst: Instances, threshold: float) -> Instances:
         """Take ``inst`` (outlined down to ``threshold``); the instances new to the layer."""
-        new = inst[inst.properties["outlined"].astype(bool) & (inst.scores < self.floor)]
+        new = inst[inst.properties[FLAG].astype(bool) & (inst.scores < self.floor)]
         self.inst, self.floor = inst, min(self.floor, float(threshold))
         return new
 
@@ -121,13 +123,19 @@ class AnnotatorCache:
             self._image_key = image_key
         return self._annotator
 
+    def stretches_outlines(self) -> bool:
+        """Whether the current Annotator's outliner stretches each outline to its box (a model
+        folder taught from boxes only: ``LearnedOutliner(fit_to_box=)``)."""
+        with self._state:
+            ann = self._annotator
+        return bool(getattr(getattr(ann, "outliner", None), "fit_to_box", False))
+
     def find_similar(self, names: Names, image_key: tuple, plane: Any, box: np.ndarray,
                      category: str, tiled: bool, report: Callable, cancelled: Callable,
                      outline_threshold: float | None = None, negatives: Any = None) -> Instances:
         """Every instance similar to ``box`` (one or several) and unlike ``negatives`` in
-        ``plane`` (through the tiler when ``tiled``);
-        on the whole image only those scoring >= ``outline_threshold`` are outlined now
-        (``Annotator.find_similar``), the others with ``outline_more``."""
+        ``plane`` (through the tiler when ``tiled``); only those scoring >= ``outline_threshold``
+        are outlined now (``Annotator.find_similar``), the others with ``outline_more``."""
         report(0, 2)
         with self._use:
             ann = self.get(names, image_key, None if tiled else plane)
@@ -135,7 +143,8 @@ class AnnotatorCache:
                 from ..inference.tiling import find_similar_tiled
 
                 return find_similar_tiled(ann, plane, box, negatives=negatives, category=category,
-                                          progress=report, cancel=cancelled)
+                                          outline_threshold=outline_threshold, progress=report,
+                                          cancel=cancelled)
             report(1, 2)
             if cancelled():
                 return Instances()
@@ -156,18 +165,23 @@ class AnnotatorCache:
                 stack, box, ref_plane, category=category, score_threshold=score_threshold,
                 progress=report, cancel=cancelled)
 
-    def outline_more(self, names: Names, image_key: tuple, plane: Any,
+    def outline_more(self, names: Names, image_key: tuple, plane: Any, tiled: bool,
                      inst: Instances, min_score: float, report: Callable, cancelled: Callable,
                      step: int = OUTLINE_STEP) -> Instances:
-        """``inst`` (from ``find_similar``) with its stand-ins scoring >= ``min_score`` outlined
-        (``Annotator.outline``), best first, ``step`` at a time between progress reports and
-        cancel checks; on cancel, what is done so far."""
-        flag = inst.properties.get("outlined")
-        if flag is None:
+        """``inst`` (from ``find_similar``) with its stand-ins scoring >= ``min_score`` outlined,
+        best first: on the whole image (``Annotator.outline``) ``step`` at a time between progress
+        reports and cancel checks, through the tiler (``tiled``) window by window
+        (``tiled_outlines``); on cancel, what is done so far."""
+        todo = inst.scores[waiting(inst, min_score)]
+        if not len(todo):
             return inst
-        todo = np.sort(inst.scores[~flag.astype(bool) & (inst.scores >= min_score)])[::-1]
         with self._use:
-            ann = self.get(names, image_key, plane)
+            ann = self.get(names, image_key, None if tiled else plane)
+            if tiled:
+                from ..inference.tiled_outlines import outline_tiled
+
+                return outline_tiled(ann.outliner, plane, inst, min_score, progress=report,
+                                     cancel=cancelled)
             for k in range(0, len(todo), step):
                 report(k, len(todo))
                 if cancelled():

@@ -18,8 +18,8 @@ from napari.utils.notifications import show_info, show_warning
 from ..errors import InstannoError
 from ..image import check_box
 from ..inference.policy import IN_MEMORY_PIXELS
+from ..inference.stand_ins import FLAG
 from ..instances import Instances
-from ..models.weights import fits_outlines_to_boxes
 from .annotators import Pending
 from .files import format_for, read_annotations, save_instances
 from .jobs import shows_errors
@@ -45,9 +45,7 @@ class WidgetActions:
         box, negatives = choose_references(reference_boxes(self._viewer),
                                            *results.reviewed(category, indices), plane.shape[:2])
         used = f"{len(box)} positive(s), {len(negatives)} negative(s)" + (
-            f" with models '{Path(names[2]).name}'" if names[2] else "") + (
-            " (taught from boxes: outlines stretched to them)"
-            if names[1] == "learned" and fits_outlines_to_boxes(names[2] or None) else "")
+            f" with models '{Path(names[2]).name}'" if names[2] else "")
         tiled = runs_tiled(self.image_layer, plane)
         shown = float(self._threshold.value)  # outlined first; the rest when the slider goes down
 
@@ -57,13 +55,15 @@ class WidgetActions:
                                                  negatives=negatives)
 
         def done(inst: Instances) -> None:
-            flag = inst.properties.get("outlined")
+            flag = inst.properties.get(FLAG)
             later = np.zeros(len(inst), bool) if flag is None else ~flag.astype(bool)
             n = results.add(inst[~later], indices, self._threshold.value, replace_category=category)
             self._pending = Pending(results, indices, key, names, plane, category, inst,
-                                    shown) if later.any() else None
+                                    shown, tiled) if later.any() else None
             path = inst.properties.get("matched_by")  # the guarded matcher's choice, if any
             by = f" (matched by {path[0]})" if path is not None and len(path) else ""
+            if self._annotators.stretches_outlines():
+                by += " (taught from boxes: outlines stretched to them)"
             self._say(f"{n + int(later.sum())} '{category}' instances found from {used}{by}; "
                       f"{results.shown()} shown")
             self._viewer.layers.selection.active = results.layer
@@ -115,7 +115,8 @@ class WidgetActions:
 
         def work(report: Callable, cancelled: Callable) -> Instances:
             return self._annotators.outline_more(pending.names, pending.key, pending.plane,
-                                                 pending.inst, threshold, report, cancelled)
+                                                 pending.tiled, pending.inst, threshold, report,
+                                                 cancelled)
 
         def done(inst: Instances) -> None:
             if self._pending is not pending:  # a newer run replaced these candidates
