@@ -71,4 +71,4 @@ def test_references_of_similar_sizes_are_embedded_at_one_scale(nuclei):
     scales = [r["scale"] for r in refs.positives]
     assert scales[0] == scales[2] == matcher.scale_for(ref)  # within SHARED_SCALE: one pass
     assert scales[1] == matcher.scale_for(large)  # 3x larger: its own scale
-    assert "scale_for" not in vars(matcher)  # the method is back
+    assert matcher.shared_scale is None and matcher.scale_for(smaller) != scales[0]  # reset

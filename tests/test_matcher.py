@@ -308,6 +308,7 @@ def test_missing_weights_is_a_clear_error(tmp_path) -> None:
     matcher = LearnedMatcher.__new__(LearnedMatcher)
     matcher.image = None
     matcher.min_reference_side, matcher.max_upscale, matcher.max_reference_side = 48.0, 4.0, 112.0
+    matcher.shared_scale = None
     with pytest.raises(InstannoError, match="no image set"):
         matcher.embed_reference(np.array([0, 0, 5, 5]))
 

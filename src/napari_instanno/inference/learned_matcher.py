@@ -80,6 +80,7 @@ class LearnedMatcher:
         self.max_downscale = max(float(max_downscale), 1.0)
         self.views = int(views_module.MOST_VIEWS if views is None else views)
         self.view_pixels: float | None = None
+        self.shared_scale: tuple[float, float] | None = None  # (scale, factor): ``scale_shared``
         self.image: torch.Tensor | None = None
         self.features: dict[str, dict] = {}  # by view, at ``feature_scale``
         self.feature_scale: float | None = None
@@ -111,7 +112,15 @@ class LearnedMatcher:
 
     def scale_for(self, box: np.ndarray) -> float:
         """The image's scale for a reference box (x0, y0, x1, y1): 1, an upscaling by a multiple
-        of 1/4 (small references) or a downscaling by 1/2 or 1/4 (large ones)."""
+        of 1/4 (small references) or a downscaling by 1/2 or 1/4 (large ones); inside
+        ``scale_shared``, the shared scale where this is within its factor of it."""
+        own = self._own_scale(box)
+        if self.shared_scale is None:
+            return own
+        common, factor = self.shared_scale
+        return common if max(own, common) / min(own, common) <= factor else own
+
+    def _own_scale(self, box: np.ndarray) -> float:
         side = float(np.sqrt(max(box[2] - box[0], 1e-6) * max(box[3] - box[1], 1e-6)))
         if self.max_reference_side > 0 and side > self.max_reference_side:
             halvings = np.ceil(np.log2(side / self.max_reference_side))
@@ -144,6 +153,16 @@ class LearnedMatcher:
         """(H, W) of an image of ``shape`` as the model sees it: rescaled, padded."""
         h, w = (int(np.floor(n * scale)) for n in shape)
         return h + -h % PAD, w + -w % PAD
+
+    @contextlib.contextmanager
+    def scale_shared(self, box: np.ndarray, factor: float) -> Iterator[None]:
+        """Inside the block, every reference whose own scale is within ``factor`` of ``box``'s
+        is embedded at ``box``'s (``references.one_scale``: one feature pass serves them)."""
+        self.shared_scale = (self._own_scale(box), float(factor))
+        try:
+            yield
+        finally:
+            self.shared_scale = None
 
     @contextlib.contextmanager
     def views_as_for(self, pixels: float) -> Iterator[None]:

@@ -174,26 +174,16 @@ def embed_references(embed: Any, boxes: np.ndarray, negative_boxes: np.ndarray,
 @contextmanager
 def one_scale(matcher: Any, boxes: np.ndarray, shared: float = SHARED_SCALE
               ) -> Iterator[None]:
-    """Inside the block, a matcher that rescales the image for each reference (``scale_for``,
-    the learned one, also behind a guard) uses the scale of the median box of ``boxes`` for
+    """Inside the block, a matcher that rescales the image for each reference (the learned one,
+    also behind a guard: ``scale_shared``) uses the scale of the median box of ``boxes`` for
     every box whose own scale is within a factor ``shared`` of it: one feature pass serves
     those instead of one per scale."""
     learned = getattr(matcher, "learned", matcher)
-    if len(boxes) < 2 or not callable(getattr(learned, "scale_for", None)):
+    if len(boxes) < 2 or not hasattr(learned, "scale_shared"):
         yield
         return
-    own = learned.scale_for
-    common = float(own(representative(boxes)))
-
-    def scale_for(box: np.ndarray) -> float:
-        s = float(own(box))
-        return common if max(s, common) / min(s, common) <= shared else s
-
-    learned.scale_for = scale_for  # an instance attribute, shadowing the method
-    try:
+    with learned.scale_shared(representative(boxes), shared):
         yield
-    finally:
-        del learned.scale_for
 
 
 def _scale(reference: Any) -> float:
