@@ -61,6 +61,17 @@ class CountingNCC(NCCMatcher):
         super().set_image(rgb)
 
 
+class BatchedNCC(CountingNCC):
+    """CountingNCC with ``find_batch``, so the tiler takes its batched path."""
+
+    def find_batch(self, images: list[np.ndarray], reference) -> list:
+        out = []
+        for rgb in images:
+            self.set_image(rgb)
+            out.append(self.find(reference))
+        return out
+
+
 @pytest.fixture(scope="module")
 def ann() -> Annotator:
     return Annotator(matcher="ncc", outliner="otsu", device="cpu")
@@ -147,6 +158,30 @@ def test_dask_irregular_chunks_read_window_by_window(ann, untiled, monkeypatch):
     areas = _record_reads(monkeypatch)
     assert _match(_tiled(ann, lazy), untiled).min() >= 0.95
     assert max(areas) <= (TILE + 2 * 32) ** 2 < SIZE * SIZE
+
+
+@pytest.mark.parametrize(("matcher", "batch_size"), [(CountingNCC, 1), (BatchedNCC, 4)])
+def test_blank_windows_are_not_matched(matcher, batch_size, monkeypatch):
+    """No-data (one value) right of x = 224: the tiles whose windows lie there whole are read but
+    not matched, and the result is the same as matching them."""
+    from napari_instanno.inference import tile_task
+
+    image = IMAGE.copy()
+    image[:, 224:] = 0
+    counting = Annotator(matcher="ncc", outliner="otsu", device="cpu")
+    counting.matcher = matcher()
+    CALLS.clear()
+    skipped = _tiled(counting, image, batch_size=batch_size, scheduler="sync")
+    windows = [t.window for t in plan_tiles((SIZE, SIZE), TILE, 32)]
+    matched = sum(w[2] < 224 for w in windows)  # windows reaching left of the no-data
+    assert matched == 8 < len(windows)
+    assert len(CALLS) == 1 + matched  # the reference's window, then only those
+    monkeypatch.setattr(tile_task, "blank", lambda rgb: False)
+    CALLS.clear()
+    every = _tiled(counting, image, batch_size=batch_size, scheduler="sync")
+    assert len(CALLS) == 1 + len(windows) and len(skipped) > 40
+    np.testing.assert_array_equal(skipped.boxes, every.boxes)
+    np.testing.assert_array_equal(skipped.scores, every.scores)
 
 
 def test_value_sample_of_a_large_lazy_image_reads_few_windows(monkeypatch):

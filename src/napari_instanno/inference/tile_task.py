@@ -1,4 +1,5 @@
 """What runs for each tile (or batch of tiles): read the window, match, outline, keep what it owns.
+A window of one value only (no-data) is not matched (``blank``).
 
 A task never raises: every error comes back in its ``Outcome`` so the run can carry on and report
 it. Out of memory, a batch is redone one tile at a time, a tile is split in four (down to
@@ -141,8 +142,11 @@ def _batch_outcomes(job: TileJob, comps: tuple[Any, Any], tiles: list[Tile]) -> 
     windows = [window(t.core, job.halo, job.source.shape) for t in tiles]
     with ThreadPoolExecutor(min(len(tiles), READ_THREADS)) as pool:
         rgbs = list(pool.map(partial(_read, job), windows))
-    found = comps[0].find_batch(rgbs, job.reference)
-    outs = []
+    outs = [Outcome(t.index, _nothing(job, t.index)) for t, rgb in zip(tiles, rgbs, strict=True)
+            if blank(rgb)]
+    kept = [k for k, rgb in enumerate(rgbs) if not blank(rgb)]
+    tiles, windows, rgbs = ([x[k] for k in kept] for x in (tiles, windows, rgbs))
+    found = comps[0].find_batch(rgbs, job.reference) if rgbs else []
     for tile, win, rgb, (boxes, scores) in zip(tiles, windows, rgbs, found, strict=True):
         def outlined(tile: Tile = tile, win: Core = win, rgb: np.ndarray = rgb,
                      boxes: np.ndarray = boxes, scores: np.ndarray = scores) -> Outcome:
@@ -214,11 +218,25 @@ def _read(job: TileJob, win: Core) -> np.ndarray:
     return to_rgb01(job.source.read(*win), job.value_range)
 
 
+def blank(rgb: np.ndarray) -> bool:
+    """Whether a window holds one value only (no-data, a chunk never written, saturation):
+    nothing in it can look like a reference, so it is not matched."""
+    return bool(rgb.size) and float(rgb.max()) == float(rgb.min())
+
+
+def _nothing(job: TileJob, index: int) -> TileResult:
+    """A tile's result with no detections."""
+    return TileResult(index, np.zeros((0, 4)), np.zeros(0), [], 0,
+                      None if job.outline_threshold is None else np.zeros(0, bool))
+
+
 def _detect(job: TileJob, comps: tuple[Any, Any], index: int, core: Core, own: Bounds
             ) -> TileResult:
     matcher, outliner = comps
     win = window(core, job.halo, job.source.shape)
     rgb = _read(job, win)
+    if blank(rgb):
+        return _nothing(job, index)
     matcher.set_image(rgb)
     boxes, scores = matcher.find(job.reference)
     return _outlined(job, outliner, index, win, rgb, boxes, scores, own)
