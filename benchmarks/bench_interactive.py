@@ -121,6 +121,16 @@ def widget_path(rgb: np.ndarray, ref: np.ndarray) -> None:
     viewer.close()
 
 
+def print_rows(name: str, size: str, a: dict, b: dict, cols: tuple[str, ...]) -> None:
+    """The learned (``a``) and NCC (``b``) seconds of ``cols``, and their ratios."""
+    print(f"{name:<26}{size:>10}  {int(a['found']):>5}/{int(a['shown']):<5}  "
+          + "".join(f"{a[c]:>13.2f}" for c in cols))
+    print(f"{'  ncc + otsu':<26}{'':>10}  {int(b['found']):>5}/{int(b['shown']):<5}  "
+          + "".join(f"{b[c]:>13.2f}" for c in cols))
+    print(f"{'  ratio':<26}{'':>10}  {'':>11}  "
+          + "".join(f"{'x%.1f' % (a[c] / max(b[c], 1e-9)):>13}" for c in cols), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--shared", default="../shared/data")
@@ -151,24 +161,14 @@ def main() -> None:
     for name, rgb, ref, other in scenes:
         a, b = (median([clicks(ann, rgb, ref, other) for _ in range(args.repeats)])
                 for ann in (learned, ncc))
-        size = f"{rgb.shape[1]}x{rgb.shape[0]}"
-        print(f"{name:<26}{size:>10}  {int(a['found']):>5}/{int(a['shown']):<5}  "
-              + "".join(f"{a[c]:>13.2f}" for c in cols))
-        print(f"{'  ncc + otsu':<26}{'':>10}  {int(b['found']):>5}/{int(b['shown']):<5}  "
-              + "".join(f"{b[c]:>13.2f}" for c in cols))
-        print(f"{'  ratio':<26}{'':>10}  {'':>11}  "
-              + "".join(f"{'x%.1f' % (a[c] / max(b[c], 1e-9)):>13}" for c in cols), flush=True)
+        print_rows(name, f"{rgb.shape[1]}x{rgb.shape[0]}", a, b, cols)
     if args.lazy:
         name, rgb, ref, _ = scenes[0]
         cols = ("lazy click", "lazy all")
+        print(f"{'':<26}{'':>10}  {'':>11}  " + "".join(f"{c:>13}" for c in cols))
         a, b = (median([lazy_clicks(ann, rgb, ref) for _ in range(args.repeats)])
                 for ann in (learned, ncc))
-        print(f"{name + ' (dask)':<26}{'':>10}  {int(a['found']):>5}/{int(a['shown']):<5}  "
-              + "".join(f"{c + ' ' + format(a[c], '.2f'):>16}" for c in cols))
-        print(f"{'  ncc + otsu':<26}{'':>10}  {int(b['found']):>5}/{int(b['shown']):<5}  "
-              + "".join(f"{c + ' ' + format(b[c], '.2f'):>16}" for c in cols))
-        print(f"{'  ratio':<26}{'':>10}  {'':>11}  "
-              + "".join(f"{'x%.1f' % (a[c] / max(b[c], 1e-9)):>16}" for c in cols), flush=True)
+        print_rows(name + " (dask)", "", a, b, cols)
     if args.widget:
         name, rgb, ref, _ = scenes[0]
         widget_path(rgb, ref)
