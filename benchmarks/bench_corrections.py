@@ -13,6 +13,9 @@ addition, and the instances still missed after the last round drawn by hand, ove
 (drawing every instance with box -> polygon is 1 action per instance).
 
     python benchmarks/bench_corrections.py --data ../shared/data --max-images 10 --json out.json
+
+``--user no-negatives`` / ``no-additions`` take one kind of correction away (``simulate``), to
+see what each kind is worth.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ FOLDERS = ("airbus-aircraft/val", "crowdai-buildings/val", "dsb2018/val", "usiig
 METHODS = {"learned": ("learned", False), "learned+adapt": ("learned", True),  # the default matcher
            "guarded": ("guarded", False), "ncc": ("ncc", False)}
 REPORT_ROUNDS = (0, 1, 3, 5)
+USERS = ("both", "no-negatives", "no-additions")  # ``simulate``
 
 
 def matched(dets: np.ndarray, gt: np.ndarray, iou: float = 0.5) -> np.ndarray:
@@ -92,14 +96,18 @@ def ap50(gts: list[np.ndarray], dets: list[tuple[np.ndarray, np.ndarray]]) -> fl
     return float(ev.stats[1])
 
 
-def simulate(ann: Annotator, rgb: np.ndarray, gt: np.ndarray, ref: int, rounds: int, adapt: bool
-             ) -> dict:
-    """One image's rounds: detections after each, the references and negatives, the actions."""
+def simulate(ann: Annotator, rgb: np.ndarray, gt: np.ndarray, ref: int, rounds: int, adapt: bool,
+             user: str = "both") -> dict:
+    """One image's rounds: detections after each, the references and negatives, the actions.
+    ``user`` (``USERS``): "both" is the issue's user; "no-negatives" rejects as it does (the
+    rejected stay hidden) but the tool is not given them as negatives; "no-additions" never adds
+    a reference (the misses are drawn by hand at the end)."""
     ann.set_image(rgb)
     refs, negs = [ref], []
     out = {"dets": [], "adapt_s": []}
     for r in range(rounds + 1):
-        inst = ann.find_similar(gt[refs], np.array(negs).reshape(-1, 4), adapt=adapt)
+        told = negs if user != "no-negatives" else []
+        inst = ann.find_similar(gt[refs], np.array(told).reshape(-1, 4), adapt=adapt)
         boxes, scores = np.asarray(inst.boxes).reshape(-1, 4), np.asarray(inst.scores)
         if negs:  # what the user rejected stays rejected
             keep = box_iou(boxes, np.array(negs)).max(1) < 0.5 if len(boxes) else []
@@ -122,7 +130,7 @@ def simulate(ann: Annotator, rgb: np.ndarray, gt: np.ndarray, ref: int, rounds: 
         sides = side(gt)
         lo, hi = sides[refs].max() / MAX_SIZE_RATIO, sides[refs].min() * MAX_SIZE_RATIO
         missed = np.flatnonzero(~found & (sides >= lo) & (sides <= hi))
-        if len(missed):
+        if len(missed) and user != "no-additions":
             refs.append(int(missed[np.argmax(sides[missed])]))
     boxes, scores = out["dets"][-1]
     found = matched(boxes[scores >= SHOWN], gt)
@@ -132,7 +140,7 @@ def simulate(ann: Annotator, rgb: np.ndarray, gt: np.ndarray, ref: int, rounds: 
 
 
 def run_folder(folder: Path, method: str, rounds: int, max_images: int | None,
-               device: str, models: str | None = None) -> dict:
+               device: str, models: str | None = None, user: str = "both") -> dict:
     matcher, adapt = METHODS[method]
     ann = Annotator(matcher=matcher, outliner="ellipse", device=device, models=models)
     runs, t0 = [], time.perf_counter()
@@ -142,10 +150,10 @@ def run_folder(folder: Path, method: str, rounds: int, max_images: int | None,
         ref = reference_index(inst.boxes, inst.areas, rgb.shape[:2])
         if ref is None:
             continue
-        runs.append(simulate(ann, rgb, np.asarray(inst.boxes, float), ref, rounds, adapt))
+        runs.append(simulate(ann, rgb, np.asarray(inst.boxes, float), ref, rounds, adapt, user))
         runs[-1]["n"] = len(inst)
         runs[-1]["gt"] = np.asarray(inst.boxes, float)
-    row: dict = {"folder": str(folder), "method": method, "images": len(runs),
+    row: dict = {"folder": str(folder), "method": method, "user": user, "images": len(runs),
                  "instances": int(sum(r["n"] for r in runs))}
     for r in REPORT_ROUNDS:
         if r > rounds:
@@ -186,15 +194,16 @@ def adapt_timing(device: str, repeats: int = 3) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| folder | method | images | AP50 r0 / r1 / r3 / r5 | F1@50 r0 / r1 / r3 / r5 "
+    head = ("| folder | method | user | images | AP50 r0 / r1 / r3 / r5 | F1@50 r0 / r1 / r3 / r5 "
             "| actions / instance | adapt s (mean / max) |")
-    lines = [head, "|" + "---|" * 7]
+    lines = [head, "|" + "---|" * 8]
     for row in rows:
         ap = " / ".join(f"{row[f'AP50_r{r}']:.3f}" for r in REPORT_ROUNDS if f"AP50_r{r}" in row)
         f1 = " / ".join(f"{row[f'F1_r{r}']:.3f}" for r in REPORT_ROUNDS if f"F1_r{r}" in row)
         ad = (f"{row['adapt_seconds_mean']:.2f} / {row['adapt_seconds_max']:.2f}"
               if row["adapt_seconds_mean"] is not None else "-")
-        lines.append(f"| {row['folder']} | {row['method']} | {row['images']} | {ap} | {f1} "
+        lines.append(f"| {row['folder']} | {row['method']} | {row['user']} | {row['images']} "
+                     f"| {ap} | {f1} "
                      f"| {row['actions_per_instance']:.2f} | {ad} |")
     return "\n".join(lines)
 
@@ -212,6 +221,9 @@ def main() -> None:
     p.add_argument("--pooling", choices=["mean", "max", "looks"], default=None,
                    help="how several positives' scores combine (default: references.POOLING)")
     p.add_argument("--models", default=None, help="a model folder instead of the shipped weights")
+    p.add_argument("--user", choices=USERS, default="both",
+                   help="both: the issue's user; no-negatives: rejections hidden but not given "
+                        "to the tool; no-additions: no reference added")
     p.add_argument("--adapt-timing", action="store_true",
                    help="only time adaptation on a 1024x1024 image")
     a = p.parse_args()
@@ -229,7 +241,7 @@ def main() -> None:
     for folder in a.folders:
         for method in a.methods:
             rows.append(run_folder(Path(a.data) / folder, method, a.rounds, a.max_images,
-                                   a.device, a.models))
+                                   a.device, a.models, a.user))
             rows[-1]["folder"] = folder
             print(json.dumps(rows[-1]), flush=True)
             if a.json:
