@@ -103,3 +103,35 @@ def test_tiled_lazy_outlining_equals_outlining_everything_ncc(tmp_path):
                     reason="the learned models are not shipped in this checkout")
 def test_tiled_lazy_outlining_equals_outlining_everything_learned(tmp_path):
     _check_tiled(Annotator(matcher="learned", outliner="learned", device="cpu"), 0.3, tmp_path)
+
+
+@pytest.mark.parametrize("names", [("ncc", "otsu"), ("learned", "learned")])
+def test_box_to_polygon_and_refine_on_a_lazy_image(names):
+    """``outline_boxes`` / ``refine_polygons`` on a dask image, window by window, give what the
+    Annotator gives on the whole image; bad input is one clear error."""
+    import dask.array as da
+
+    from napari_instanno.errors import InstannoError
+    from napari_instanno.inference.tiled_outlines import outline_boxes, refine_polygons
+
+    if names[1] == "learned" and shipped_path("contour") is None:
+        pytest.skip("the learned contour model is not shipped in this checkout")
+    image, box = nuclei_sample()
+    ann = Annotator(matcher=names[0], outliner=names[1], device="cpu").set_image(image)
+    boxes = ann.find_similar(box, score_threshold=0.5).boxes[:6]
+    lazy = da.from_array(image, chunks=64)
+    vr = ((0,) * 3, (255,) * 3)  # the Annotator's uint8 range
+    got = outline_boxes(ann.outliner, lazy, boxes, value_range=vr)
+    want = ann.boxes_to_polygons(boxes)
+    assert len(got) == len(want) == len(boxes) > 3
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=0.05)
+    edited = [p + [1.5, -1.0] for p in want[:2]]  # moved a little
+    refined = refine_polygons(ann.outliner, lazy, edited, value_range=vr)
+    for g, p in zip(refined, edited, strict=True):
+        np.testing.assert_allclose(g, ann.refine(p), atol=0.05)
+    assert outline_boxes(ann.outliner, lazy, boxes, cancel=lambda: True) == [None] * len(boxes)
+    with pytest.raises(InstannoError, match="outside"):
+        outline_boxes(ann.outliner, lazy, [[300, 300, 320, 320]])
+    with pytest.raises(InstannoError, match="at least 3"):
+        refine_polygons(ann.outliner, lazy, [np.array([[1.0, 1.0], [5.0, 5.0]])])

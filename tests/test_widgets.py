@@ -362,6 +362,41 @@ def test_lazy_image_goes_through_tiling(make_napari_viewer, qtbot, discs, monkey
     assert np.allclose(layer.edge_color[-1], STATUS_COLORS["accepted"])
 
 
+def test_box_to_polygon_and_refine_on_a_lazy_image(make_napari_viewer, qtbot, discs):
+    """On a dask layer (the tiler's path) box -> polygon and refine read a window around the
+    shapes instead of refusing the image."""
+    import dask.array as da
+
+    image, centres = discs
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(image, chunks=64), name="lazy")
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    ref = viewer.layers["reference"]
+    r, c = centres[3]
+    box = np.array([c - 12, r - 12, c + 12, r + 12], float)
+    ref.add_rectangles([box_to_rectangle(box)])
+    ref.selected_data = {0}
+    widget.box_to_polygon()
+    _wait(qtbot, widget)
+    layer = viewer.layers["lazy instances"]
+    assert len(layer.data) == 1 and len(ref.data) == 0  # the drawn box became a polygon
+    assert layer.features["status"].iloc[0] == "accepted"
+    poly = layer_to_instances(layer).polygons[0]
+    assert np.allclose(poly.mean(axis=0), (r, c), atol=1.5)  # on the disc
+    assert (np.abs(poly - (r, c)).max(axis=0) <= 12).all()  # inside the box
+
+    widget._outliner.value = "ellipse"  # refine: the ellipse of the dragged polygon's bounds
+    wide = poly.mean(axis=0) + 1.4 * (poly - poly.mean(axis=0))
+    idx = replace_polygons(layer, [0], [wide])
+    layer.selected_data = set(idx)
+    widget.refine_selected()
+    _wait(qtbot, widget)
+    assert np.allclose(layer_to_instances(layer).polygons[idx[0]],
+                       ellipse_polygon(polygon_box(wide), 32))
+
+
 def test_geotiff_saves_geojson_in_map_coordinates(make_napari_viewer, geo_folder, tmp_path):
     import json
 

@@ -118,6 +118,16 @@ def check_box(box: Sequence[float], shape: tuple[int, int], what: str = "box") -
     return clipped
 
 
+def check_polygon(polygon: Sequence[Sequence[float]], shape: tuple[int, int]) -> np.ndarray:
+    """Validate a (row, col) polygon to refine against an image of ``shape`` (H, W): at least 3
+    finite vertices, its bounds on the image (``check_box``); returns it as float64."""
+    p = np.asarray(polygon, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 2 or len(p) < 3 or not np.isfinite(p).all():
+        raise InstannoError("refine needs a polygon of at least 3 finite (row, col) vertices")
+    check_box([p[:, 1].min(), p[:, 0].min(), p[:, 1].max(), p[:, 0].max()], shape, "polygon")
+    return p
+
+
 def clip_boxes(boxes: np.ndarray, bounds: Sequence[float]) -> np.ndarray:
     """(N, 4) xyxy boxes clipped to ``bounds`` (x0, y0, x1, y1), as a new float64 array."""
     lo_x, lo_y, hi_x, hi_y = (float(v) for v in bounds)

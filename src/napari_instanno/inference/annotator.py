@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InstannoError
-from ..geometry import polygon_box
-from ..image import check_box, clip_boxes, to_rgb01
+from ..image import check_box, check_polygon, clip_boxes, to_rgb01
 from ..instances import Instances
 from .adapt import ADAPT_BY_DEFAULT, find_adapted
 from .components import DEFAULT_MIN_SCORE as DEFAULT_MIN_SCORE  # re-exported
@@ -210,11 +209,7 @@ class Annotator:
 
     def refine(self, polygon: Any) -> np.ndarray:
         """``polygon`` (row, col), e.g. after the user moved a few vertices, snapped to the object."""
-        p = np.asarray(polygon, dtype=np.float64)
-        if p.ndim != 2 or p.shape[1] != 2 or len(p) < 3 or not np.isfinite(p).all():
-            raise InstannoError("refine needs a polygon of at least 3 finite (row, col) vertices")
-        check_box(polygon_box(p), self._shape(), "polygon")
-        return self._component("outliner").refine([p])[0]
+        return self._component("outliner").refine([check_polygon(polygon, self._shape())])[0]
 
     def find_similar_stack(self, stack: Any, refs: Any, ref_plane: int = 0,
                            **kwargs: Any) -> Instances:

@@ -1,9 +1,10 @@
-"""Outlining a tiled run's stand-ins later, window by window (the slider went down).
+"""Outlining on an image that is never loaded whole, window by window.
 
 ``find_similar_tiled(..., outline_threshold=)`` outlines only what a viewer shows first; the
 others wait as stand-ins (``stand_ins``). ``outline_tiled`` outlines those scoring at least a new
-threshold without loading the image: they are grouped by the tile core holding their centre,
-each group's window (the core, its halo, and every box whole) is read once and outlined.
+threshold; ``outline_boxes`` outlines any boxes (box -> polygon) and ``refine_polygons`` snaps
+edited polygons. Boxes are grouped by the tile core holding their centre and each group's
+window (the core, its halo, and every box whole) is read once.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from ..image import to_rgb01
+from ..geometry import polygon_box
+from ..image import check_box, check_polygon, to_rgb01
 from ..instances import Instances
 from .policy import TILE_SIZE, default_halo
 from .seams import plan_tiles
-from .sources import as_source
+from .sources import Source, as_source
 from .stand_ins import finished, waiting
+
+Progress = Callable[[int, int], None] | None
 
 
 def outline_tiled(outliner: Any, image: Any, inst: Instances, min_score: float = 0.0, *,
-                  level: int = 0, value_range: Any = None,
-                  progress: Callable[[int, int], None] | None = None,
+                  level: int = 0, value_range: Any = None, progress: Progress = None,
                   cancel: Callable[[], bool] | None = None) -> Instances:
     """``inst`` (a tiled run's, on ``image``: the same image, level and value range) with its
     stand-ins scoring at least ``min_score`` outlined by ``outliner``; duplicates then dropped
@@ -32,37 +35,84 @@ def outline_tiled(outliner: Any, image: Any, inst: Instances, min_score: float =
     todo = waiting(inst, min_score)
     if not len(todo):
         return inst
+    polys = outline_boxes(outliner, image, inst.boxes[todo], level=level, value_range=value_range,
+                          progress=progress, cancel=cancel)
+    done = [k for k, p in enumerate(polys) if p is not None]
+    return finished(inst, todo[done], [polys[k] for k in done])
+
+
+def outline_boxes(outliner: Any, image: Any, boxes: np.ndarray, *, level: int = 0,
+                  value_range: Any = None, progress: Progress = None,
+                  cancel: Callable[[], bool] | None = None) -> list[np.ndarray | None]:
+    """One (row, col) polygon per (x0, y0, x1, y1) box of ``image`` (``value_range``: as for
+    ``find_similar_tiled``), window by window; None for the boxes a cancel left out."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    out: list[np.ndarray | None] = [None] * len(boxes)
+    if not len(boxes):
+        return out
+    source, vr = _opened(image, level, value_range)
+    boxes = np.stack([check_box(b, source.shape[:2]) for b in boxes])
+    groups = _by_window(source, boxes)
+    for k, (win, group) in enumerate(groups):
+        if progress is not None:
+            progress(k, len(groups))
+        if cancel is not None and cancel():
+            return out
+        y0, y1, x0, x1 = win
+        outliner.set_image(to_rgb01(source.read(y0, y1, x0, x1), vr))
+        local = outliner.outline(boxes[group] - np.array([x0, y0, x0, y0], dtype=np.float64))
+        for i, p in zip(group, local, strict=True):
+            out[i] = np.asarray(p, dtype=np.float64) + [y0, x0]
+    if progress is not None:
+        progress(len(groups), len(groups))
+    return out
+
+
+def refine_polygons(outliner: Any, image: Any, polygons: list[np.ndarray], *, level: int = 0,
+                    value_range: Any = None) -> list[np.ndarray]:
+    """Each (row, col) polygon of ``image`` snapped to the object (``Outliner.refine``), in a
+    window around it."""
+    if not polygons:
+        return []
+    source, vr = _opened(image, level, value_range)
+    polygons = [check_polygon(p, source.shape[:2]) for p in polygons]
+    boxes = np.stack([polygon_box(p) for p in polygons])
+    out: list[np.ndarray] = [np.zeros((0, 2))] * len(polygons)
+    for (y0, y1, x0, x1), group in _by_window(source, boxes):
+        outliner.set_image(to_rgb01(source.read(y0, y1, x0, x1), vr))
+        local = outliner.refine([polygons[i] - [y0, x0] for i in group])
+        for i, p in zip(group, local, strict=True):
+            out[i] = np.asarray(p, dtype=np.float64) + [y0, x0]
+    return out
+
+
+def _opened(image: Any, level: int, value_range: Any) -> tuple[Source, tuple]:
+    """The image's source and its value range (by default the tiler's, from a low-res sample)."""
     source = as_source(image, level)
     if value_range is None:
         value_range = source.value_range()
-    value_range = (np.asarray(value_range[0], np.float32), np.asarray(value_range[1], np.float32))
+    return source, (np.asarray(value_range[0], np.float32), np.asarray(value_range[1], np.float32))
+
+
+def _by_window(source: Source, boxes: np.ndarray) -> list[tuple[tuple[int, int, int, int],
+                                                                 np.ndarray]]:
+    """The boxes grouped by the ``TILE_SIZE`` core holding their centre, with each group's window
+    (y0, y1, x0, x1): the core and a halo of the largest box's side, grown to hold every box."""
     h, w = source.shape[:2]
-    boxes = inst.boxes[todo]
     sides = np.max(boxes[:, 2:] - boxes[:, :2], axis=1)
     tiles = plan_tiles((h, w), TILE_SIZE, default_halo(boxes[int(np.argmax(sides))]))
     cy = np.clip((boxes[:, 1] + boxes[:, 3]) / 2, 0, h - 1)
     cx = np.clip((boxes[:, 0] + boxes[:, 2]) / 2, 0, w - 1)
-    inside = [(t, np.flatnonzero((t.core[0] <= cy) & (cy < t.core[1])
-                                 & (t.core[2] <= cx) & (cx < t.core[3]))) for t in tiles]
-    groups = [(t, g) for t, g in inside if len(g)]
-    done: list[np.ndarray] = []
-    polygons: list[np.ndarray] = []
-    for k, (tile, group) in enumerate(groups):
-        if progress is not None:
-            progress(k, len(groups))
-        if cancel is not None and cancel():
-            break
+    out = []
+    for t in tiles:
+        group = np.flatnonzero((t.core[0] <= cy) & (cy < t.core[1])
+                               & (t.core[2] <= cx) & (cx < t.core[3]))
+        if not len(group):
+            continue
         b = boxes[group]
-        y0 = min(tile.window[0], int(np.floor(b[:, 1].min())))
-        x0 = min(tile.window[2], int(np.floor(b[:, 0].min())))
-        y1 = max(tile.window[1], int(np.ceil(b[:, 3].max())))
-        x1 = max(tile.window[3], int(np.ceil(b[:, 2].max())))
-        y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
-        outliner.set_image(to_rgb01(source.read(y0, y1, x0, x1), value_range))
-        local = outliner.outline(b - np.array([x0, y0, x0, y0], dtype=np.float64))
-        polygons += [np.asarray(p, dtype=np.float64) + [y0, x0] for p in local]
-        done.append(todo[group])
-    else:
-        if progress is not None:
-            progress(len(groups), len(groups))
-    return finished(inst, np.concatenate(done) if done else np.zeros(0, np.int64), polygons)
+        win = (max(min(t.window[0], int(np.floor(b[:, 1].min()))), 0),
+               min(max(t.window[1], int(np.ceil(b[:, 3].max()))), h),
+               max(min(t.window[2], int(np.floor(b[:, 0].min()))), 0),
+               min(max(t.window[3], int(np.ceil(b[:, 2].max()))), w))
+        out.append((win, group))
+    return out

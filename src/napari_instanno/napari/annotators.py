@@ -190,24 +190,38 @@ class AnnotatorCache:
         report(len(todo), len(todo))
         return inst
 
-    def outline(self, names: Names, image_key: tuple, plane: Any, boxes: np.ndarray,
-                report: Callable) -> list[np.ndarray]:
-        """One polygon per box."""
+    def outline(self, names: Names, image_key: tuple, plane: Any, tiled: bool,
+                boxes: np.ndarray, report: Callable) -> list[np.ndarray]:
+        """One polygon per box (through windows of ``plane`` when ``tiled``: ``tiled_outlines``)."""
         report(0, 1)
         with self._use:
-            polys = self.get(names, image_key, plane).boxes_to_polygons(boxes)
+            ann = self.get(names, image_key, None if tiled else plane)
+            if tiled:
+                from ..inference.tiled_outlines import outline_boxes
+
+                polys = outline_boxes(ann.outliner, plane, boxes)
+            else:
+                polys = ann.boxes_to_polygons(boxes)
         report(1, 1)
         return polys
 
-    def refine(self, names: Names, image_key: tuple, plane: Any,
+    def refine(self, names: Names, image_key: tuple, plane: Any, tiled: bool,
                shapes: list[np.ndarray], report: Callable, cancelled: Callable
                ) -> list[np.ndarray]:
-        """The napari polygon vertices ``shapes`` refined, as corner-frame (row, col) polygons."""
+        """The napari polygon vertices ``shapes`` refined, as corner-frame (row, col) polygons
+        (in a window of ``plane`` around each when ``tiled``: ``tiled_outlines``)."""
         from .shapes_data import OFFSET
 
         out = []
         with self._use:
-            ann = self.get(names, image_key, plane)
+            ann = self.get(names, image_key, None if tiled else plane)
+            if tiled:
+                from ..inference.tiled_outlines import refine_polygons
+
+                report(0, 1)
+                out = refine_polygons(ann.outliner, plane, [v[:, -2:] + OFFSET for v in shapes])
+                report(1, 1)
+                return out
             for k, v in enumerate(shapes):
                 report(k, len(shapes))
                 if cancelled():

@@ -17,7 +17,6 @@ from napari.utils.notifications import show_info, show_warning
 
 from ..errors import InstannoError
 from ..image import check_box
-from ..inference.policy import IN_MEMORY_PIXELS
 from ..inference.stand_ins import FLAG
 from ..instances import Instances
 from .annotators import Pending
@@ -158,13 +157,11 @@ class WidgetActions:
             raise InstannoError("select a box in the 'reference' layer first")
         boxes = np.stack([check_box(rectangle_to_box(ref.data[i]), plane.shape[:2]) for i in sel])
         results = self._results()
-        if runs_tiled(self.image_layer, plane):
-            side = int(IN_MEMORY_PIXELS ** 0.5)
-            raise InstannoError(f"box → polygon: images up to {side}x{side} for now")
+        tiled = runs_tiled(self.image_layer, plane)
         category = self._category_name()
 
         def work(report: Callable, cancelled: Callable) -> list[np.ndarray]:
-            return self._annotators.outline(names, key, plane, boxes, report)
+            return self._annotators.outline(names, key, plane, tiled, boxes, report)
 
         def done(polys: list[np.ndarray]) -> None:
             there = results.outlined_already(polys)
@@ -191,8 +188,10 @@ class WidgetActions:
             raise InstannoError("select the polygons to refine first")
         before = [np.array(results.layer.data[i]) for i in sel]
 
+        tiled = runs_tiled(self.image_layer, plane)
+
         def work(report: Callable, cancelled: Callable) -> list[np.ndarray]:
-            return self._annotators.refine(names, key, plane, before, report, cancelled)
+            return self._annotators.refine(names, key, plane, tiled, before, report, cancelled)
 
         def done(polys: list[np.ndarray]) -> None:
             kept, collapsed = results.replace_refined(sel, before, polys)
