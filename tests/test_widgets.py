@@ -327,9 +327,20 @@ def test_stacks_and_other_dtypes(make_napari_viewer, qtbot, kind, discs):
         assert all((np.asarray(d)[:, 0] == 1).all() for d in layer.data)
 
 
-def test_lazy_image_goes_through_tiling(make_napari_viewer, qtbot, discs, monkeypatch):
+def _lazy_widget(make_napari_viewer, image: np.ndarray):
+    """A viewer showing ``image`` as a dask layer "lazy" (the tiler's path), the widget docked
+    with NCC + Otsu."""
     import dask.array as da
 
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(image, chunks=64), name="lazy")
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    return viewer, widget
+
+
+def test_lazy_image_goes_through_tiling(make_napari_viewer, qtbot, discs, monkeypatch):
     from napari_instanno.inference import tiling
 
     calls = []
@@ -341,11 +352,7 @@ def test_lazy_image_goes_through_tiling(make_napari_viewer, qtbot, discs, monkey
 
     monkeypatch.setattr(tiling, "find_similar_tiled", spy)
     image, centres = discs
-    viewer = make_napari_viewer()
-    viewer.add_image(da.from_array(image, chunks=64), name="lazy")
-    widget = FindSimilarWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    viewer, widget = _lazy_widget(make_napari_viewer, image)
     r, c = centres[0]
     viewer.layers["reference"].add_rectangles([box_to_rectangle([c - 10, r - 10, c + 10, r + 10])])
     steps = []
@@ -365,14 +372,8 @@ def test_lazy_image_goes_through_tiling(make_napari_viewer, qtbot, discs, monkey
 def test_box_to_polygon_and_refine_on_a_lazy_image(make_napari_viewer, qtbot, discs):
     """On a dask layer (the tiler's path) box -> polygon and refine read a window around the
     shapes instead of refusing the image."""
-    import dask.array as da
-
     image, centres = discs
-    viewer = make_napari_viewer()
-    viewer.add_image(da.from_array(image, chunks=64), name="lazy")
-    widget = FindSimilarWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    viewer, widget = _lazy_widget(make_napari_viewer, image)
     ref = viewer.layers["reference"]
     r, c = centres[3]
     box = np.array([c - 12, r - 12, c + 12, r + 12], float)
