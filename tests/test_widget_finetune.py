@@ -122,3 +122,45 @@ def test_a_model_folder_taught_from_boxes_stretches_the_outlines_and_says_so(
     widget._models.value = ""  # the shipped models: outlines as the regressor draws them
     widget.find_similar()
     assert "stretched" not in widget._info.value
+
+
+def test_fine_tune_on_a_lazy_layer_reads_the_window_around_the_accepted(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    import dask.array as da
+
+    from napari_instanno.samples import nuclei_sample
+
+    monkeypatch.setenv(USER_MODELS_ENV, str(tmp_path / "user"))
+    image, box = nuclei_sample()
+    big = np.zeros((600, 700), image.dtype)
+    big[300:556, 400:656] = image  # the nuclei sit in one corner of a larger lazy image
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(big, chunks=128), name="lazy")
+    widget = FindSimilarWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._matcher.value, widget._outliner.value = "ncc", "otsu"
+    widget.add_reference(box + [400, 300, 400, 300])
+    widget.find_similar()
+    widget.accept_all()
+    made = widget.fine_tune(steps=1)
+    assert set(made) == {"matcher", "contour"}
+    card = (made["matcher"].parent / "matcher.md").read_text()
+    assert "image 'lazy'" in card and ", window x " in card
+    x0 = int(card.split(", window x ")[1].split("-")[0])
+    assert 300 <= x0 <= 400  # the window starts near the nuclei, not at the image's corner
+
+
+def test_training_window_refuses_shapes_spread_over_more_than_memory_allows():
+    from napari_instanno.errors import InstannoError
+    from napari_instanno.instances import Instances
+    from napari_instanno.napari.finetuning import shifted, training_window
+
+    boxes = np.array([[10, 10, 30, 30], [100, 50, 120, 80.0]])
+    inst = Instances(polygons=[np.zeros((0, 2))] * 2, boxes=boxes)
+    y0, y1, x0, x1 = training_window(inst, (5000, 5000))
+    assert (y0, x0) == (0, 0) and y1 == 80 + 32 and x1 == 120 + 32  # boxes + the halo
+    np.testing.assert_allclose(shifted(inst, 5, 7).boxes, boxes - [7, 5, 7, 5])
+    far = Instances(polygons=[np.zeros((0, 2))] * 2,
+                    boxes=np.array([[0, 0, 20, 20], [9000, 9000, 9020, 9020.0]]))
+    with pytest.raises(InstannoError, match="accept shapes within 4096x4096"):
+        training_window(far, (10000, 10000))

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InstannoError
 from ..geometry import polygon_area, polygon_box
-from ..inference.policy import IN_MEMORY_PIXELS
+from ..inference.policy import IN_MEMORY_PIXELS, default_halo
 from ..instances import Instances
 from ..models.weights import holds_weights
 from ..training.finetune import CONTOUR_STEPS, MIN_INSTANCES, STEPS
@@ -96,6 +96,31 @@ def training_set(inst: Instances, plane: tuple[int, ...] = ()) -> tuple[Instance
     return out, sum(len(p) >= 3 for p in polys)
 
 
+def training_window(inst: Instances, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the part of an image of ``shape`` that fine-tuning on ``inst`` reads from
+    a lazy image, every box plus the tiler's halo for the largest (``policy.default_halo``);
+    ``InstannoError`` when it is larger than ``IN_MEMORY_PIXELS``."""
+    b = np.asarray(inst.boxes, dtype=np.float64).reshape(-1, 4)
+    halo = default_halo(b[int(np.argmax(np.max(b[:, 2:] - b[:, :2], axis=1)))])
+    h, w = shape
+    y0, x0 = max(int(b[:, 1].min()) - halo, 0), max(int(b[:, 0].min()) - halo, 0)
+    y1, x1 = min(int(np.ceil(b[:, 3].max())) + halo, h), min(int(np.ceil(b[:, 2].max())) + halo, w)
+    if (y1 - y0) * (x1 - x0) > IN_MEMORY_PIXELS:
+        side = int(IN_MEMORY_PIXELS ** 0.5)
+        raise InstannoError(f"fine-tune: the accepted shapes spread over {x1 - x0}x{y1 - y0} "
+                            f"pixels of this image; accept shapes within {side}x{side} of "
+                            "one another (un-accept the far ones with N)")
+    return y0, y1, x0, x1
+
+
+def shifted(inst: Instances, y0: int, x0: int) -> Instances:
+    """``inst`` in the frame of a window whose corner is (``y0``, ``x0``)."""
+    return Instances(polygons=[p - [y0, x0] if len(p) else p for p in inst.polygons],
+                     boxes=inst.boxes - [x0, y0, x0, y0], scores=inst.scores,
+                     category_ids=inst.category_ids, categories=inst.categories,
+                     status=inst.status)
+
+
 def fine_tune(plane: np.ndarray, inst: Instances, out: Path, steps: dict[str, int],
               base: str | None, source: str, report: Callable, cancelled: Callable
               ) -> dict[str, Path] | None:
@@ -138,15 +163,19 @@ class FineTuneActions:
         ``finetune.STEPS`` / ``CONTOUR_STEPS``) into a new model folder, then choose it; returns
         the started worker. Fewer than 3 accepted shapes: ``InstannoError``."""
         plane, indices, _, names = self._context()
-        if runs_tiled(self.image_layer, plane):
-            side = int(IN_MEMORY_PIXELS ** 0.5)
-            raise InstannoError(f"fine-tune: images up to {side}x{side} for now")
         results = self._target()
         train, outlined = training_set(results.instances(), indices)
         if len(train) < MIN_INSTANCES:
             raise InstannoError(f"fine-tuning needs at least {MIN_INSTANCES} accepted shapes on "
                                 f"this image, {results.layer.name!r} has {len(train)}: accept "
                                 "more first (Y, or Accept all)")
+        where = ""
+        if runs_tiled(self.image_layer, plane):  # the window around the accepted shapes
+            from ..inference.sources import as_source
+
+            y0, y1, x0, x1 = training_window(train, plane.shape[:2])
+            plane = as_source(plane).read(y0, y1, x0, x1)
+            train, where = shifted(train, y0, x0), f", window x {x0}-{x1} y {y0}-{y1}"
         kinds = {"matcher": steps or STEPS}
         if outlined >= MIN_INSTANCES:
             kinds["contour"] = steps or CONTOUR_STEPS
@@ -155,7 +184,7 @@ class FineTuneActions:
             else new_folder(user_models_dir(), f"{self.image_layer.name}-model")
         data, t0 = np.asarray(plane), time.monotonic()
         source = (f"{len(train)} accepted shapes of {results.layer.name!r}, image "
-                  f"{self.image_layer.name!r}" + (f" plane {indices}" if indices else ""))
+                  f"{self.image_layer.name!r}" + (f" plane {indices}" if indices else "") + where)
 
         def work(report: Callable, cancelled: Callable) -> dict[str, Path] | None:
             return fine_tune(data, train, out, kinds, names[2], source, report, cancelled)
