@@ -169,12 +169,9 @@ class FineTuneActions:
             raise InstannoError(f"fine-tuning needs at least {MIN_INSTANCES} accepted shapes on "
                                 f"this image, {results.layer.name!r} has {len(train)}: accept "
                                 "more first (Y, or Accept all)")
-        where = ""
+        where, window = "", None
         if runs_tiled(self.image_layer, plane):  # the window around the accepted shapes
-            from ..inference.sources import as_source
-
-            y0, y1, x0, x1 = training_window(train, plane.shape[:2])
-            plane = as_source(plane).read(y0, y1, x0, x1)
+            window = y0, y1, x0, x1 = training_window(train, plane.shape[:2])
             train, where = shifted(train, y0, x0), f", window x {x0}-{x1} y {y0}-{y1}"
         kinds = {"matcher": steps or STEPS}
         if outlined >= MIN_INSTANCES:
@@ -182,11 +179,14 @@ class FineTuneActions:
         saved = self._saved_to
         out = new_folder(saved.resolve().parent, f"{saved.stem}-model") if saved is not None \
             else new_folder(user_models_dir(), f"{self.image_layer.name}-model")
-        data, t0 = np.asarray(plane), time.monotonic()
+        t0 = time.monotonic()
         source = (f"{len(train)} accepted shapes of {results.layer.name!r}, image "
                   f"{self.image_layer.name!r}" + (f" plane {indices}" if indices else "") + where)
 
         def work(report: Callable, cancelled: Callable) -> dict[str, Path] | None:
+            from ..inference.sources import as_source
+
+            data = np.asarray(plane) if window is None else as_source(plane).read(*window)
             return fine_tune(data, train, out, kinds, names[2], source, report, cancelled)
 
         def done(made: dict[str, Path] | None) -> None:
