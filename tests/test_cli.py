@@ -73,6 +73,24 @@ def test_predict_box_to_geojson_and_refuses_overwrite(disc_png, tmp_path, capsys
     assert "exists" in capsys.readouterr().err
 
 
+def test_predict_box_on_an_image_too_large_to_load_reads_a_window(disc_png, tmp_path,
+                                                                   monkeypatch):
+    from napari_instanno import cli
+
+    path, centres = disc_png
+    r, c = centres[0]
+    box = ["--box", str(c - 11), str(r - 11), "22", "22"]
+    whole, part = tmp_path / "whole.geojson", tmp_path / "part.geojson"
+    assert main(["predict", str(path), *box, "--out", str(whole), *FAST]) == 0
+    reads = []
+    monkeypatch.setattr(cli, "fits_in_memory", lambda shape: reads.append(shape) or False)
+    assert main(["predict", str(path), *box, "--out", str(part), *FAST]) == 0
+    assert reads  # the large-image path was taken
+    ring = [np.array(json.loads(f.read_text())["features"][0]["geometry"]["coordinates"][0])
+            for f in (whole, part)]
+    np.testing.assert_allclose(ring[1], ring[0], atol=0.05)  # the same outline from a window
+
+
 def test_predict_geotiff_writes_map_coordinates(geo_folder, tmp_path):
     tif = geo_folder / "images" / "discs.tif"
     out = tmp_path / "f.geojson"

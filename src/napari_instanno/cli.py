@@ -130,19 +130,14 @@ def tqdm_progress(desc: str = "tiles", unit: str = "tile") -> Callable[[int, int
 
 
 def _outline_one(ann: object, data: object, box: np.ndarray, large: bool) -> np.ndarray:
-    """The polygon for ``box``; a large image is read only in a window around it."""
-    from .image import check_box
-    from .inference.sources import as_source
-
+    """The polygon for ``box``; a large image is read only in a window around it
+    (``tiled_outlines.outline_boxes``)."""
     if not large:
         ann.set_image(np.asarray(data))
         return ann.box_to_polygon(box)
-    source = as_source(data)
-    b = check_box(box, source.shape)
-    pad = np.concatenate([-(b[2:] - b[:2]), b[2:] - b[:2]])
-    x0, y0, x1, y1 = np.clip(b + pad, 0, [*source.shape[::-1]] * 2).astype(int)
-    ann.set_image(source.read(y0, y1, x0, x1), value_range=source.value_range())
-    return ann.box_to_polygon(b - [x0, y0, x0, y0]) + [y0, x0]
+    from .inference.tiled_outlines import outline_boxes
+
+    return outline_boxes(ann.outliner, data, [box])[0]
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
