@@ -25,6 +25,13 @@ class Tile:
     window: tuple[int, int, int, int]
 
 
+def box_core(boxes: np.ndarray) -> tuple[int, int, int, int]:
+    """The whole pixels holding every (x0, y0, x1, y1) box: (y0, y1, x0, x1), for ``window``."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return (int(np.floor(b[:, 1].min())), int(np.ceil(b[:, 3].max())),
+            int(np.floor(b[:, 0].min())), int(np.ceil(b[:, 2].max())))
+
+
 def window(core: tuple[int, int, int, int], halo: int, shape: tuple[int, int]
            ) -> tuple[int, int, int, int]:
     """``core`` grown by ``halo`` on every side, clipped to an image of ``shape``: (y0, y1, x0, x1)."""

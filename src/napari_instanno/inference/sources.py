@@ -99,6 +99,13 @@ class Source:
         """Per-channel (low, high) shared by every tile, from ``sample()``."""
         return channel_range(self.sample())
 
+    def float_range(self, value_range: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """``value_range`` (per-channel low, high; None: ``value_range()``) as float32 arrays,
+        what every window of a run is normalised with."""
+        if value_range is None:
+            value_range = self.value_range()
+        return np.asarray(value_range[0], np.float32), np.asarray(value_range[1], np.float32)
+
 
 class RasterioSource(Source):
     """A raster read through rasterio windows; one dataset handle per thread (GDAL is not

@@ -24,7 +24,7 @@ from .engine import borrow, give_back_memory
 from .oom import on_cpu, with_oom_fallback
 from .policy import reference_grid, tiling_plan
 from .references import decide_looks, pools_by_look, smallest
-from .seams import Tile, owned, window
+from .seams import Tile, box_core, owned, window
 from .sources import Source
 from .stand_ins import stand_ins
 
@@ -99,10 +99,7 @@ def decide_tiled_looks(job: TileJob, boxes: np.ndarray) -> None:
     whole (``policy.tiling_plan``); else each positive stays its own look."""
     if not pools_by_look(boxes):
         return
-    h, w = job.source.shape[:2]
-    y0, x0 = max(int(boxes[:, 1].min()) - job.halo, 0), max(int(boxes[:, 0].min()) - job.halo, 0)
-    y1 = min(int(np.ceil(boxes[:, 3].max())) + job.halo, h)
-    x1 = min(int(np.ceil(boxes[:, 2].max())) + job.halo, w)
+    y0, y1, x0, x1 = window(box_core(boxes), job.halo, job.source.shape[:2])
     matcher = job.warm_models[0]
     if tiling_plan((y1 - y0, x1 - x0), smallest(boxes), matcher).tiled:
         return

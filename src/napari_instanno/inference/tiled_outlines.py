@@ -18,7 +18,7 @@ from ..geometry import polygon_box
 from ..image import check_box, check_polygon, to_rgb01
 from ..instances import Instances
 from .policy import TILE_SIZE, default_halo
-from .seams import plan_tiles
+from .seams import box_core, plan_tiles, window
 from .sources import Source, as_source
 from .stand_ins import finished, waiting
 
@@ -87,11 +87,9 @@ def refine_polygons(outliner: Any, image: Any, polygons: list[np.ndarray], *, le
 
 
 def _opened(image: Any, level: int, value_range: Any) -> tuple[Source, tuple]:
-    """The image's source and its value range (by default the tiler's, from a low-res sample)."""
+    """The image's source and its value range (by default the tiler's: ``Source.float_range``)."""
     source = as_source(image, level)
-    if value_range is None:
-        value_range = source.value_range()
-    return source, (np.asarray(value_range[0], np.float32), np.asarray(value_range[1], np.float32))
+    return source, source.float_range(value_range)
 
 
 def _by_window(source: Source, boxes: np.ndarray) -> list[tuple[tuple[int, int, int, int],
@@ -109,10 +107,7 @@ def _by_window(source: Source, boxes: np.ndarray) -> list[tuple[tuple[int, int, 
                                & (t.core[2] <= cx) & (cx < t.core[3]))
         if not len(group):
             continue
-        b = boxes[group]
-        win = (max(min(t.window[0], int(np.floor(b[:, 1].min()))), 0),
-               min(max(t.window[1], int(np.ceil(b[:, 3].max()))), h),
-               max(min(t.window[2], int(np.floor(b[:, 0].min()))), 0),
-               min(max(t.window[3], int(np.ceil(b[:, 2].max()))), w))
-        out.append((win, group))
+        whole = window(box_core(boxes[group]), 0, (h, w))
+        out.append(((min(t.window[0], whole[0]), max(t.window[1], whole[1]),
+                     min(t.window[2], whole[2]), max(t.window[3], whole[3])), group))
     return out

@@ -124,9 +124,7 @@ def find_similar_tiled(
     if halo is None and len(boxes) > 1:  # the largest positive fits in the halo
         halo = default_halo(boxes[int(np.argmax(side(boxes)))])
     plan = tiling_plan(shape, box, annotator.matcher, tile_size=int(tile_size), halo=halo)
-    if value_range is None:
-        value_range = source.value_range()
-    value_range = (np.asarray(value_range[0], np.float32), np.asarray(value_range[1], np.float32))
+    value_range = source.float_range(value_range)
     tiles = plan_tiles(shape, plan.tile_size, plan.halo)
     margin = max(1.0, float((boxes[:, 2:] - boxes[:, :2]).min()) / 4)
     several = len(boxes) > 1 or len(neg) > 0

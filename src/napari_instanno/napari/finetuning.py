@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import InstannoError
 from ..geometry import polygon_area, polygon_box
 from ..inference.policy import IN_MEMORY_PIXELS, default_halo
+from ..inference.seams import box_core, window
 from ..instances import Instances
 from ..models.weights import holds_weights
 from ..training.finetune import CONTOUR_STEPS, MIN_INSTANCES, STEPS
@@ -102,9 +103,7 @@ def training_window(inst: Instances, shape: tuple[int, int]) -> tuple[int, int, 
     ``InstannoError`` when it is larger than ``IN_MEMORY_PIXELS``."""
     b = np.asarray(inst.boxes, dtype=np.float64).reshape(-1, 4)
     halo = default_halo(b[int(np.argmax(np.max(b[:, 2:] - b[:, :2], axis=1)))])
-    h, w = shape
-    y0, x0 = max(int(b[:, 1].min()) - halo, 0), max(int(b[:, 0].min()) - halo, 0)
-    y1, x1 = min(int(np.ceil(b[:, 3].max())) + halo, h), min(int(np.ceil(b[:, 2].max())) + halo, w)
+    y0, y1, x0, x1 = window(box_core(b), halo, shape)
     if (y1 - y0) * (x1 - x0) > IN_MEMORY_PIXELS:
         side = int(IN_MEMORY_PIXELS ** 0.5)
         raise InstannoError(f"fine-tune: the accepted shapes spread over {x1 - x0}x{y1 - y0} "
