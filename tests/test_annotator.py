@@ -135,3 +135,16 @@ def test_refine_of_a_good_polygon_keeps_it(ncc):
     refined = ncc.refine(poly)
     assert abs(polygon_area(refined) - polygon_area(poly)) < 0.2 * polygon_area(poly)
     assert mask_iou(polygon_to_mask(refined, image.shape), polygon_to_mask(poly, image.shape)) > 0.8
+
+
+def test_loading_the_annotator_leaves_slow_unused_modules_out():
+    """Model load is on the user's path: scipy.signal (1-2 s, pulled in by skimage's polygon
+    module) must not come with the learned models, nor with their first result."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import numpy as np; from napari_instanno import Annotator; "
+            "a = Annotator(device='cpu'); a.set_image(np.random.default_rng(0).random((96, 96))); "
+            "a.find_similar((30, 30, 50, 50)); print('scipy.signal' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

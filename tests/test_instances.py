@@ -41,7 +41,7 @@ def test_resample_and_simplify():
     assert pts.shape == (40, 2)
     assert np.allclose(np.diff(np.vstack([pts, pts[:1]]), axis=0).__abs__().sum(1), 1.0)
     dense = resample_polygon(poly, 200)
-    assert len(simplify(dense, 0.1)) == 4
+    assert len(simplify([dense], 0.1)[0]) == 4
     ell = ellipse_polygon(np.array([0, 0, 20, 10]), 64)
     assert polygon_box(ell) == pytest.approx([0, 0, 20, 10], abs=0.05)
 

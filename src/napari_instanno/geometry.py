@@ -17,7 +17,7 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from skimage.draw import polygon as draw_polygon
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import find_contours
 
 Geometry = Polygon | MultiPolygon
 
@@ -146,16 +146,18 @@ def mask_to_polygon(mask: np.ndarray, tolerance: float = 0.0) -> np.ndarray | No
         return None
     poly = outer_ring(geom)
     if tolerance > 0:
-        poly = simplify(poly, tolerance)
+        poly = simplify([poly], tolerance)[0]
     return poly if len(poly) >= 3 else None
 
 
-def simplify(poly: np.ndarray, tolerance: float) -> np.ndarray:
-    """Douglas-Peucker simplification of a closed polygon, keeping at least 3 vertices."""
-    p = np.asarray(poly, dtype=np.float64)
-    closed = np.vstack([p, p[:1]])
-    out = approximate_polygon(closed, tolerance)[:-1]
-    return out if len(out) >= 3 else p
+def simplify(polys: Sequence[np.ndarray], tolerance: float) -> list[np.ndarray]:
+    """Douglas-Peucker at ``tolerance`` (pixels) on closed polygons, all at once; each keeps >= 3 vertices."""
+    polys = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polys]
+    if tolerance <= 0 or not polys:
+        return polys
+    rings = shapely.simplify(shapely.linearrings(polys), tolerance, preserve_topology=False)
+    out = [shapely.get_coordinates(r)[:-1] for r in rings]
+    return [q if len(q) >= 3 else p for p, q in zip(polys, out, strict=True)]
 
 
 def resample_polygon(poly: np.ndarray, n: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import shapely
 import torch
 
 from ..errors import InstannoError
-from ..geometry import fit_to_box, polygon_box, resample_polygon
+from ..geometry import fit_to_box, polygon_box, resample_polygon, simplify
 from ..models.backbone import fold_batchnorms
 from ..models.contour import ContourRegressor
 from ..models.weights import load_safetensors, read_metadata, shipped_path
@@ -92,17 +92,9 @@ class LearnedOutliner:
             out.append(m.from_crop(polys[-1], windows).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, m.n_vertices, 2))
 
-    def _finish(self, polys: np.ndarray) -> list[np.ndarray]:
-        """Douglas-Peucker at ``tolerance`` on all rings at once (shapely), at least 3 vertices."""
-        if self.tolerance <= 0 or not len(polys):
-            return list(polys)
-        rings = shapely.simplify(shapely.linearrings(polys), self.tolerance, preserve_topology=False)
-        out = [shapely.get_coordinates(r)[:-1] for r in rings]
-        return [q if len(q) >= 3 else p for p, q in zip(polys, out, strict=True)]
-
     def outline(self, boxes: np.ndarray) -> list[np.ndarray]:
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        polys = self._finish(self._run(b)) if len(b) else []
+        polys = simplify(self._run(b), self.tolerance) if len(b) else []
         if self.fit_to_box:
             polys = [fit_to_box(p, box) for p, box in zip(polys, b, strict=True)]
         return polys
@@ -116,4 +108,4 @@ class LearnedOutliner:
         ring = np.stack([r if shapely.LinearRing(r).is_ccw == turn else r[::-1] for r in ring])
         boxes = np.stack([polygon_box(p) for p in ring])
         boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1.0)
-        return self._finish(self._run(boxes, ring))
+        return simplify(self._run(boxes, ring), self.tolerance)

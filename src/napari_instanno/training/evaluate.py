@@ -172,7 +172,7 @@ def evaluate_box2poly(folder: str | Path, outliner: str | None = None, jitter: f
             ious.append(mask_iou(pm, gm))
             f1.append(boundary_f_score(pm, gm, 1.0))
             f2.append(boundary_f_score(pm, gm, 2.0))
-            nverts.append(len(simplify(poly, SIMPLIFY_TOLERANCE)))
+            nverts.append(len(simplify([poly], SIMPLIFY_TOLERANCE)[0]))
         # instances whose jittered box fell outside count as misses
         ious += [0.0] * int((~valid).sum())
     n = max(len(ious), 1)
