@@ -131,6 +131,7 @@ def test_box_to_polygon_and_refine_on_a_lazy_image(names):
     for g, p in zip(refined, edited, strict=True):
         np.testing.assert_allclose(g, ann.refine(p), atol=0.05)
     assert outline_boxes(ann.outliner, lazy, boxes, cancel=lambda: True) == [None] * len(boxes)
+    assert refine_polygons(ann.outliner, lazy, edited, cancel=lambda: True) == [None] * 2
     with pytest.raises(InstannoError, match="outside"):
         outline_boxes(ann.outliner, lazy, [[300, 300, 320, 320]])
     with pytest.raises(InstannoError, match="at least 3"):

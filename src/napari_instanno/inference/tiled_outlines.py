@@ -69,20 +69,27 @@ def outline_boxes(outliner: Any, image: Any, boxes: np.ndarray, *, level: int = 
 
 
 def refine_polygons(outliner: Any, image: Any, polygons: list[np.ndarray], *, level: int = 0,
-                    value_range: Any = None) -> list[np.ndarray]:
+                    value_range: Any = None, progress: Progress = None,
+                    cancel: Callable[[], bool] | None = None) -> list[np.ndarray | None]:
     """Each (row, col) polygon of ``image`` snapped to the object (``Outliner.refine``), in a
-    window around it."""
+    window around it, window by window; None for the polygons a cancel left out."""
+    out: list[np.ndarray | None] = [None] * len(polygons)
     if not polygons:
-        return []
+        return out
     source, vr = _opened(image, level, value_range)
     polygons = [check_polygon(p, source.shape[:2]) for p in polygons]
-    boxes = np.stack([polygon_box(p) for p in polygons])
-    out: list[np.ndarray] = [np.zeros((0, 2))] * len(polygons)
-    for (y0, y1, x0, x1), group in _by_window(source, boxes):
+    groups = _by_window(source, np.stack([polygon_box(p) for p in polygons]))
+    for k, ((y0, y1, x0, x1), group) in enumerate(groups):
+        if progress is not None:
+            progress(k, len(groups))
+        if cancel is not None and cancel():
+            return out
         outliner.set_image(to_rgb01(source.read(y0, y1, x0, x1), vr))
         local = outliner.refine([polygons[i] - [y0, x0] for i in group])
         for i, p in zip(group, local, strict=True):
             out[i] = np.asarray(p, dtype=np.float64) + [y0, x0]
+    if progress is not None:
+        progress(len(groups), len(groups))
     return out
 
 

@@ -218,10 +218,8 @@ class AnnotatorCache:
             if tiled:
                 from ..inference.tiled_outlines import refine_polygons
 
-                report(0, 1)
-                out = refine_polygons(ann.outliner, plane, [v[:, -2:] + OFFSET for v in shapes])
-                report(1, 1)
-                return out
+                return refine_polygons(ann.outliner, plane, [v[:, -2:] + OFFSET for v in shapes],
+                                       progress=report, cancel=cancelled)
             for k, v in enumerate(shapes):
                 report(k, len(shapes))
                 if cancelled():
