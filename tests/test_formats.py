@@ -348,3 +348,29 @@ def test_sentinel2_fields_with_holes_and_parts_come_back_whole(shared_data, tmp_
         assert shapely.equals_exact(back_coco.geometries[i], inst.geometries[i], tolerance=0)
         assert shapely.equals_exact(back_gj.geometries[i], inst.geometries[i], tolerance=1e-6)
         assert shapely.equals_exact(back_shapes.geometries[i], inst.geometries[i], tolerance=1e-9)
+
+
+def test_parquet_table_keeps_every_property(tmp_path):
+    """A run's table keeps what COCO and GeoJSON keep: the plane, the track, whether an outline
+    was computed, free notes; a batch without a key reads back as None there."""
+    pytest.importorskip("pyarrow")
+    from napari_instanno.io.table import TableWriter, read_table, table_to_coco
+
+    first = make_instances()
+    first.properties.update(plane=np.array([0, 3]), track_id=np.array([7, 8]),
+                            outlined=np.array([True, False]))
+    second = make_instances()
+    second.properties = {"plane": np.array([1, 2]), "outlined": np.array([True, True])}
+    writer = TableWriter(tmp_path / "run.parquet")
+    writer.write(first)
+    writer.write(second)
+    back = read_table(writer.close())
+    assert back.properties["plane"].tolist() == [0, 3, 1, 2]
+    assert back.properties["plane"].dtype == np.int64
+    assert back.properties["outlined"].tolist() == [True, False, True, True]
+    assert back.properties["track_id"].tolist() == [7, 8, None, None]
+    assert back.properties["note"].tolist() == ["a", "b", None, None]
+    coco = json.loads(table_to_coco(tmp_path / "run.parquet", tmp_path / "run.json",
+                                    include_rejected=True).read_text())
+    assert [a["track_id"] for a in coco["annotations"]][:2] == [7, 8]
+    assert [a["plane"] for a in coco["annotations"]] == [0, 3, 1, 2]

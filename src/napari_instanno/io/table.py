@@ -3,8 +3,10 @@ objects; and GeoJSON / COCO files streamed from it without holding everything in
 
 Columns: ``x0 y0 x1 y1`` (box), ``score``, ``category``, ``status``, ``polygon`` (flat
 ``[x0, y0, x1, y1, ...]`` in pixel-corner coordinates, the COCO order: the outer ring of the
-largest part) and ``geometry`` (the whole geometry, holes and parts, as WKB: GeoParquet's
-encoding). Tables without ``geometry`` (older files) are read from ``polygon``. Exports to
+largest part), ``geometry`` (the whole geometry, holes and parts, as WKB: GeoParquet's
+encoding) and ``properties`` (the instance's other properties, such as ``plane``, ``track_id``
+or ``outlined``, as a JSON object). Tables without ``geometry`` (older files) are read from
+``polygon``, and without ``properties`` have none. Exports to
 GeoJSON / COCO leave rejected instances out unless ``include_rejected``.
 """
 
@@ -51,6 +53,7 @@ class TableWriter:
             self.pa.field("status", self.pa.string()),
             self.pa.field("polygon", self.pa.list_(self.pa.float64())),
             self.pa.field("geometry", self.pa.binary()),
+            self.pa.field("properties", self.pa.string()),
         ])
         self._writer = pq.ParquetWriter(self._tmp, schema)
         self.count = 0
@@ -70,6 +73,9 @@ class TableWriter:
         cols["status"] = pa.array([str(s) for s in inst.status])
         cols["polygon"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
         cols["geometry"] = pa.array(shapely.to_wkb(inst.geometries).tolist(), pa.binary())
+        props = inst.properties
+        cols["properties"] = pa.array([to_json({k: v[i] for k, v in props.items()}, self.path)
+                                       for i in range(len(inst))], pa.string())
         self._writer.write_table(pa.table(cols, schema=self._writer.schema))
         self.count += len(inst)
 
@@ -103,7 +109,17 @@ def iter_table(path: str | Path, batch_size: int = 65536) -> Iterator[Instances]
             category_ids=[ids[n] for n in names_col],
             categories={i: n for n, i in ids.items()},
             status=batch.column("status").to_pylist(),
+            properties=_properties(batch),
         )
+
+
+def _properties(batch: Any) -> dict[str, list]:
+    """The ``properties`` column's objects as one list per key (None where a row lacks it)."""
+    if "properties" not in batch.schema.names:
+        return {}
+    rows = [json.loads(t) if t else {} for t in batch.column("properties").to_pylist()]
+    keys = dict.fromkeys(k for r in rows for k in r)
+    return {k: [r.get(k) for r in rows] for k in keys}
 
 
 def count_rows(path: str | Path) -> int:
