@@ -25,7 +25,7 @@ PHASES = {  # label -> (file suffix, function name) whose cumulative time is rep
     "outliner: crops (roi_align)": ("contour.py", "crop"),
     "outliner: crop backbone + fusion": ("contour.py", "features"),
     "outliner: snake iterations": ("contour.py", "evolve"),
-    "outliner: simplify": ("learned_outliner.py", "_finish"),
+    "outliner: simplify": ("geometry.py", "simplify"),
 }
 
 
