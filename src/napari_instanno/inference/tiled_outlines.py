@@ -47,25 +47,15 @@ def outline_boxes(outliner: Any, image: Any, boxes: np.ndarray, *, level: int = 
     """One (row, col) polygon per (x0, y0, x1, y1) box of ``image`` (``value_range``: as for
     ``find_similar_tiled``), window by window; None for the boxes a cancel left out."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    out: list[np.ndarray | None] = [None] * len(boxes)
     if not len(boxes):
-        return out
+        return []
     source, vr = _opened(image, level, value_range)
     boxes = np.stack([check_box(b, source.shape[:2]) for b in boxes])
-    groups = _by_window(source, boxes)
-    for k, (win, group) in enumerate(groups):
-        if progress is not None:
-            progress(k, len(groups))
-        if cancel is not None and cancel():
-            return out
-        y0, y1, x0, x1 = win
-        outliner.set_image(to_rgb01(source.read(y0, y1, x0, x1), vr))
-        local = outliner.outline(boxes[group] - np.array([x0, y0, x0, y0], dtype=np.float64))
-        for i, p in zip(group, local, strict=True):
-            out[i] = np.asarray(p, dtype=np.float64) + [y0, x0]
-    if progress is not None:
-        progress(len(groups), len(groups))
-    return out
+    return _window_by_window(
+        outliner, source, vr, boxes,
+        lambda group, y0, x0: outliner.outline(boxes[group] - np.array([x0, y0, x0, y0],
+                                                                      dtype=np.float64)),
+        progress, cancel)
 
 
 def refine_polygons(outliner: Any, image: Any, polygons: list[np.ndarray], *, level: int = 0,
@@ -73,20 +63,32 @@ def refine_polygons(outliner: Any, image: Any, polygons: list[np.ndarray], *, le
                     cancel: Callable[[], bool] | None = None) -> list[np.ndarray | None]:
     """Each (row, col) polygon of ``image`` snapped to the object (``Outliner.refine``), in a
     window around it, window by window; None for the polygons a cancel left out."""
-    out: list[np.ndarray | None] = [None] * len(polygons)
     if not polygons:
-        return out
+        return []
     source, vr = _opened(image, level, value_range)
     polygons = [check_polygon(p, source.shape[:2]) for p in polygons]
-    groups = _by_window(source, np.stack([polygon_box(p) for p in polygons]))
+    return _window_by_window(
+        outliner, source, vr, np.stack([polygon_box(p) for p in polygons]),
+        lambda group, y0, x0: outliner.refine([polygons[i] - [y0, x0] for i in group]),
+        progress, cancel)
+
+
+def _window_by_window(outliner: Any, source: Source, vr: tuple, boxes: np.ndarray,
+                      run: Callable[[np.ndarray, int, int], list[np.ndarray]],
+                      progress: Progress, cancel: Callable[[], bool] | None
+                      ) -> list[np.ndarray | None]:
+    """``run(group, y0, x0)``'s window-local polygons for each ``_by_window`` group of
+    ``boxes``, with ``outliner`` on that window, back in image coordinates; progress after each
+    window, ``cancel`` checked between them (None for what it left out)."""
+    out: list[np.ndarray | None] = [None] * len(boxes)
+    groups = _by_window(source, boxes)
     for k, ((y0, y1, x0, x1), group) in enumerate(groups):
         if progress is not None:
             progress(k, len(groups))
         if cancel is not None and cancel():
             return out
         outliner.set_image(to_rgb01(source.read(y0, y1, x0, x1), vr))
-        local = outliner.refine([polygons[i] - [y0, x0] for i in group])
-        for i, p in zip(group, local, strict=True):
+        for i, p in zip(group, run(group, y0, x0), strict=True):
             out[i] = np.asarray(p, dtype=np.float64) + [y0, x0]
     if progress is not None:
         progress(len(groups), len(groups))
