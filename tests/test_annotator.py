@@ -148,3 +148,18 @@ def test_loading_the_annotator_leaves_slow_unused_modules_out():
             "a.find_similar((30, 30, 50, 50)); print('scipy.signal' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_warm_up_keeps_the_image_and_changes_no_result(discs):
+    """The widget warms the models up while they load: a warmed Annotator has no image of its
+    own, and on the image set before it finds exactly what it found before."""
+    img, centres = discs
+    ann = Annotator(device="cpu")
+    with pytest.raises(InstannoError, match="no image set"):
+        ann.warm_up().find_similar(ref_box(centres[0]))
+    ann.set_image(img)
+    before = ann.find_similar(ref_box(centres[2]))
+    after = ann.warm_up().find_similar(ref_box(centres[2]))
+    assert ann.image_shape == img.shape[:2] and len(after) == len(before) > len(centres) // 2
+    assert np.allclose(after.scores, before.scores) and np.allclose(after.boxes, before.boxes)
+    assert all(np.allclose(a, b) for a, b in zip(after.polygons, before.polygons, strict=True))

@@ -76,8 +76,9 @@ class Pending:
 class AnnotatorCache:
     """One ``Annotator`` for the current (matcher, outliner) names and image plane.
 
-    ``preload`` builds it in a background thread (when the widget opens or the model choice
-    changes) so a first Run does not wait for the weights; the jobs use it one at a time.
+    ``preload`` builds and warms it up (``Annotator.warm_up``) in a background thread (when the
+    widget opens or the model choice changes) so a first Run waits neither for the weights nor
+    for the models' one-time set-up; the jobs use it one at a time.
     """
 
     def __init__(self) -> None:
@@ -98,7 +99,7 @@ class AnnotatorCache:
 
         def load() -> None:
             try:
-                future.set_result(_build(names))
+                future.set_result(_build(names).warm_up())
             except BaseException as err:  # raised by the job that needs it
                 future.set_exception(err)
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 
@@ -47,7 +46,9 @@ def shows_errors(method: Callable[..., Any], status: Callable[[str], None] | Non
 class JobRunner:
     """Runs ``work(report, cancelled)`` in a thread and ``done(result)`` in the GUI thread.
 
-    ``bar`` (a magicgui ProgressBar) and napari's activity dock follow ``report(done, total)``;
+    ``bar`` (a magicgui ProgressBar, beside Cancel) follows ``report(done, total)``; napari's
+    activity dock is left out: its spinner repaints the window while a job runs, which on a
+    2-core CPU slowed a first Find similar by ~0.6-1.5 s (benchmarks/RESULTS.md, session 12);
     ``status(text)`` receives one line per state change; ``busy_changed(busy)`` lets the widget
     enable or disable its buttons. A cancelled job's result is dropped. A ``background`` job
     (work the user did not ask for, such as outlining the shapes below the shown score) leaves
@@ -61,7 +62,6 @@ class JobRunner:
         self.signals.progress.connect(self._on_progress)
         self._bar, self._status, self._busy_changed = bar, status, busy_changed
         self._worker: Any = None
-        self._pbar: Any = None
         self._background = self._returned = self._closed = False
         self._stop = threading.Event()
         self.result: Any = None  # the last finished job's result, and the error it ended with
@@ -89,7 +89,6 @@ class JobRunner:
             if not (self._background or self._returned):
                 raise InstannoError("still working: wait, or press Cancel")
             self._stop.set()  # a background job, or one that has returned (started from its done)
-            self._close_bar()
             if not self._background and background:
                 self._busy_changed(False)
         stop = self._stop = threading.Event()
@@ -114,7 +113,6 @@ class JobRunner:
             "finished": lambda: self._on_finished(worker, stop),
         })
         self._worker, self._background, self._returned = worker, background, False
-        self._pbar = progress(total=0, desc=what)
         self._bar.value, self._bar.max = 0, 0
         self._status(f"{what}...")
         if not background:
@@ -130,20 +128,11 @@ class JobRunner:
         """The widget is going away: cancel the job; from now on callbacks leave the widget alone."""
         self._closed = True
         self._stop.set()
-        self._close_bar()
-
-    def _close_bar(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-        self._pbar = None
 
     def _on_progress(self, done: int, total: int) -> None:
         if self._closed:
             return
         self._bar.max, self._bar.value = max(total, 1), min(done, max(total, 1))
-        if self._pbar is not None:
-            self._pbar.total = total
-            self._pbar.update(done - self._pbar.n)
 
     def wait(self, timeout: float = 120.0) -> Any:
         """Block (keeping Qt's events flowing) until the running foreground job ends; its result
@@ -175,7 +164,6 @@ class JobRunner:
     def _on_finished(self, worker: Any, stop: threading.Event) -> None:
         if worker is not self._worker:  # superseded: the job after it owns the widget now
             return
-        self._close_bar()
         self._worker = None
         if self._closed:
             return
