@@ -541,3 +541,15 @@ def test_result_layer_deleted_during_a_run_gets_the_results_anyway(setup):
     _wait(qtbot, widget)
     layer = viewer.layers["nuclei instances"]    # made again by the job's callback
     assert len(layer.data) >= 40 and viewer.layers.selection.active is layer
+
+
+def test_the_widget_module_opens_without_torch():
+    """The dock appears at once: torch (2-3 s to import) loads in the widget's background model
+    load, not when napari imports the widget."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import napari.layers; import napari_instanno.napari.widgets; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

