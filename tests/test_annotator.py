@@ -163,3 +163,23 @@ def test_warm_up_keeps_the_image_and_changes_no_result(discs):
     assert ann.image_shape == img.shape[:2] and len(after) == len(before) > len(centres) // 2
     assert np.allclose(after.scores, before.scores) and np.allclose(after.boxes, before.boxes)
     assert all(np.allclose(a, b) for a, b in zip(after.polygons, before.polygons, strict=True))
+
+
+def test_a_failing_warm_up_keeps_the_image_and_the_widget_still_gets_its_models(discs,
+                                                                              monkeypatch):
+    from napari_instanno.napari.annotators import AnnotatorCache
+
+    img, centres = discs
+    ann = Annotator(matcher="ncc", outliner="otsu").set_image(img)
+    monkeypatch.setattr(ann, "find_similar", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        ann.warm_up()
+    monkeypatch.undo()
+    assert ann.image_shape == img.shape[:2]
+    assert len(ann.find_similar(ref_box(centres[0]))) == len(centres)
+    # the widget's background load: a warm-up failure is no reason to refuse the models
+    monkeypatch.setattr(Annotator, "warm_up", lambda self: 1 / 0)
+    cache = AnnotatorCache()
+    cache.preload(("ncc", "otsu", ""))
+    got = cache.get(("ncc", "otsu", ""), ("image", 0), img)
+    assert isinstance(got, Annotator) and len(got.find_similar(ref_box(centres[0]))) == len(centres)

@@ -126,10 +126,12 @@ class Annotator:
         discs = np.zeros((128, 128), np.float32)
         for r, c in ((24, 24), (24, 96), (96, 40), (90, 100)):
             discs[(yy - r) ** 2 + (xx - c) ** 2 < 14 ** 2] = 0.8
-        self.set_image(discs, value_range=(0.0, 1.0)).find_similar([8.0, 8.0, 40.0, 40.0])
-        self._rgb, self.image_shape = kept
-        self._ready, self.last_adaptation = set(), {}  # the models set the kept image on next use
-        self._memo.clear()
+        try:
+            self.set_image(discs, value_range=(0.0, 1.0)).find_similar([8.0, 8.0, 40.0, 40.0])
+        finally:  # also when it fails: the caller's image stays
+            self._rgb, self.image_shape = kept
+            self._ready, self.last_adaptation = set(), {}  # the models take it on next use
+            self._memo.clear()
         return self
 
     def _shape(self) -> tuple[int, int]:

@@ -4,6 +4,7 @@ plane reuses its features), and the background work of each action."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -99,9 +100,13 @@ class AnnotatorCache:
 
         def load() -> None:
             try:
-                future.set_result(_build(names).warm_up())
+                ann = _build(names)
             except BaseException as err:  # raised by the job that needs it
                 future.set_exception(err)
+                return
+            with contextlib.suppress(Exception):  # only a head start: a failure shows on Run
+                ann.warm_up()
+            future.set_result(ann)
 
         # not a daemon: Python waits for it at exit (a model build cut off at exit aborts the
         # process from torch's C++ side, "terminate called without an active exception")
