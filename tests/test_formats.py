@@ -51,6 +51,34 @@ def test_coco_results_with_shape_are_rle_for_cocoeval(tmp_path):
     assert m.sum() == 225
 
 
+def test_coco_results_keep_track_ids_and_cocoeval_still_takes_them(tmp_path):
+    """A stack's results list (``instanno predict --format coco-results``) says which track each
+    instance is on; COCOeval scores it as before and ``read_coco`` gives the tracks back."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from napari_instanno.io.atomic import write_json_atomic
+
+    inst = make_instances()
+    inst.properties["track_id"] = np.array([3, 4])
+    res = inst.to_coco_results(1, shape=(100, 120))
+    assert [r["track_id"] for r in res] == [3, 4] and [r["note"] for r in res] == ["a", "b"]
+    path = write_json_atomic(tmp_path / "res.json", res)
+    (_, back), = read_coco(path)
+    assert back.properties["track_id"].tolist() == [3, 4]
+    gt_path = write_coco(tmp_path / "gt.json", [({"file_name": "a.png", "height": 100,
+                                                 "width": 120}, inst)], include_rejected=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        ev = COCOeval(gt, gt.loadRes(json.loads(path.read_text())), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] > 0.99  # the results are the ground truth itself
+
+
 def test_geojson_round_trip_pixels_and_qupath_fields(tmp_path):
     inst = make_instances()
     path = inst.to_geojson(tmp_path / "a.geojson", include_rejected=True)

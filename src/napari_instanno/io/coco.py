@@ -78,7 +78,8 @@ def _ann(inst: Instances, i: int, size: tuple[int, int] | None) -> dict[str, Any
 
 def to_results(inst: Instances, image_id: int = 1, shape: tuple[int, int] | None = None
                ) -> list[dict]:
-    """COCO results-style list: ``{image_id, bbox, score, segmentation, category_id}``.
+    """COCO results-style list: ``{image_id, bbox, score, segmentation, category_id}`` and
+    every property (``track_id``, ``plane``, ...; COCOeval ignores them, ``read_coco`` keeps them).
 
     With the image ``shape`` (H, W) the segmentation is compressed RLE, the form COCOeval's
     ``loadRes`` accepts; without it, polygons (an instance with holes then needs ``shape``).
@@ -89,6 +90,8 @@ def to_results(inst: Instances, image_id: int = 1, shape: tuple[int, int] | None
         entry.pop("instanno_rings", None)
         if shape is not None and isinstance(entry["segmentation"], list) and entry["segmentation"]:
             entry["segmentation"] = geometry_rle(inst.geometries[i], *shape)
+        for key, col in inst.properties.items():
+            entry.setdefault(key, _plain(col[i]))
         out.append(entry)
     return out
 
