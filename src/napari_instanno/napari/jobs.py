@@ -48,7 +48,7 @@ class JobRunner:
 
     ``bar`` (a magicgui ProgressBar, beside Cancel) follows ``report(done, total)``; napari's
     activity dock is left out: its spinner repaints the window while a job runs, which on a
-    2-core CPU slowed a first Find similar by ~0.6-1.5 s (benchmarks/RESULTS.md, session 12);
+    2-core CPU slowed a first Find similar by up to 1.5 s (benchmarks/RESULTS.md, session 12);
     ``status(text)`` receives one line per state change; ``busy_changed(busy)`` lets the widget
     enable or disable its buttons. A cancelled job's result is dropped. A ``background`` job
     (work the user did not ask for, such as outlining the shapes below the shown score) leaves
