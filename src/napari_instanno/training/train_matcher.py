@@ -90,15 +90,11 @@ def matcher_loss(maps: torch.Tensor, heat: torch.Tensor, reg: torch.Tensor, mask
     return {"loss": focal + off + size_weight * size, "focal": focal, "offset": off, "size": size}
 
 
-def distill_loss(maps: torch.Tensor, teacher: torch.Tensor, keep: torch.Tensor | None = None
-                 ) -> torch.Tensor:
-    """Keep a teacher's behaviour on the episodes ``keep`` (B,) marks (None: all): the heatmap's
-    KL divergence (per-pixel Bernoulli) and L1 on offset and log size weighted by the teacher's
-    heatmap, both normalised by the teacher's total heatmap mass (about its number of detections)."""
-    if keep is not None and not keep.any():
-        return maps.sum() * 0.0
-    s, t = (maps.float(), teacher.float()) if keep is None else (maps[keep].float(),
-                                                                  teacher[keep].float())
+def distill_loss(maps: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Keep a teacher's behaviour on these episodes: the heatmap's KL divergence (per-pixel
+    Bernoulli) and L1 on offset and log size weighted by the teacher's heatmap, both normalised
+    by the teacher's total heatmap mass (about its number of detections)."""
+    s, t = maps.float(), teacher.float()
     pt = torch.sigmoid(t[:, 0])
     kl = F.binary_cross_entropy_with_logits(s[:, 0], pt, reduction="none") \
         - F.binary_cross_entropy_with_logits(t[:, 0], pt, reduction="none")
