@@ -221,3 +221,32 @@ def test_models_load_in_the_background_when_the_widget_opens(make_napari_viewer,
     assert widget.run() is not None
     _wait(qtbot, widget)
     assert len(built) == 1 and len(widget.result_layer().data) > 10  # the click reused it
+
+
+def test_a_run_before_the_models_are_loaded_says_it_waits_for_them(make_napari_viewer, qtbot,
+                                                                   monkeypatch):
+    """Run pressed while the widget still loads its models: the status line says what the job
+    waits for, the result comes once they are there, and later runs no longer say it."""
+    import threading
+
+    from napari_instanno.napari import annotators
+
+    gate, real = threading.Event(), annotators._build
+    monkeypatch.setattr(annotators, "_build", lambda names: (gate.wait(60), real(names))[1])
+    viewer = make_napari_viewer()
+    try:
+        widget = docked_widget(viewer)
+        qtbot.waitUntil(lambda: widget._annotators.loading(widget._names()), timeout=TIMEOUT_MS)
+        assert widget.run() is not None
+        assert widget._info.value == "Find similar (waiting for the models to load, once)..."
+        gate.set()
+        _wait(qtbot, widget)
+        assert "instances found" in widget._info.value
+        n = len(viewer.layers["nuclei instances"].data)
+        assert n > 0
+        assert widget.run() is not None
+        assert widget._info.value == "Find similar..."
+        _wait(qtbot, widget)
+        assert len(viewer.layers["nuclei instances"].data) == n
+    finally:
+        gate.set()

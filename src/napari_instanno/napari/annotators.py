@@ -112,6 +112,13 @@ class AnnotatorCache:
         # process from torch's C++ side, "terminate called without an active exception")
         threading.Thread(target=load, name="instanno-model-load", daemon=False).start()
 
+    def loading(self, names: Names) -> bool:
+        """Whether the Annotator for ``names`` is still being built or warmed up: a job that
+        needs it now waits for it."""
+        with self._state:
+            pending = self._loading
+        return pending is not None and pending[0] == names and not pending[1].done()
+
     def get(self, names: Names, image_key: tuple, plane: Any) -> Any:
         """The Annotator for ``names``, with ``plane`` set if ``image_key`` changed (``plane``
         None: leave the image unset, e.g. for tiled runs). Call it from the worker thread."""

@@ -79,10 +79,10 @@ class JobRunner:
         return self._worker is None or self._background or self._returned
 
     def start(self, what: str, work: Callable[..., Any], done: Callable[[Any], None],
-              background: bool = False) -> Any:
+              background: bool = False, note: str = "") -> Any:
         """Start a job and return its worker; ``InstannoError`` if a foreground job is running
         (a background one is cancelled: its result is dropped). A job's ``done`` may start the
-        next one."""
+        next one. ``note`` follows ``what`` on the status line while the job runs."""
         if self._closed:
             raise InstannoError("the widget is closed")
         if self._worker is not None:
@@ -114,7 +114,7 @@ class JobRunner:
         })
         self._worker, self._background, self._returned = worker, background, False
         self._bar.value, self._bar.max = 0, 0
-        self._status(f"{what}...")
+        self._status(f"{what}{note}...")
         if not background:
             self._busy_changed(True)
         worker.start()

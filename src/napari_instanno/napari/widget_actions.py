@@ -32,6 +32,11 @@ from .stack_layers import review_tracks, show_tracks, stack_of, summary
 class WidgetActions:
     """The actions of ``FindSimilarWidget`` (see the module docstring)."""
 
+    def _waits(self, names: tuple) -> str:
+        """What the status line adds while a job waits for the models the widget is still
+        loading (nothing once they are loaded)."""
+        return " (waiting for the models to load, once)" if self._annotators.loading(names) else ""
+
     def run(self) -> Any:
         """Find every instance similar to the reference (on every plane with *All planes*);
         returns the started worker."""
@@ -69,7 +74,8 @@ class WidgetActions:
             results.layer.mode = "select"
             self._outline_more(float(self._threshold.value))  # the slider moved meanwhile
 
-        return self._jobs.start("Find similar", work, done)
+        return self._jobs.start("Find similar", work, done,
+                                note=self._waits(names))
 
     def run_all_planes(self) -> Any:
         """Find similar on every plane of the image's first axis from the reference on the
@@ -89,7 +95,8 @@ class WidgetActions:
             self._say(summary(inst, category))
             self._viewer.layers.selection.active = results.layer
 
-        return self._jobs.start("Find similar, all planes", work, done)
+        return self._jobs.start("Find similar, all planes", work, done,
+                                note=self._waits(names))
 
     def review_tracks(self, status: str) -> int:
         """Set ``status`` on the whole tracks of the selected shapes, on every plane."""
@@ -177,7 +184,8 @@ class WidgetActions:
             self._say(f"{len(new)} polygon(s) added" + (
                 f"; {len(found)} outlined already: selected" if found else ""))
 
-        return self._jobs.start("Box → polygon", work, done)
+        return self._jobs.start("Box → polygon", work, done,
+                                note=self._waits(names))
 
     def refine_selected(self) -> Any:
         """Snap the selected (edited) polygons of the result layer to the object boundary."""
@@ -200,7 +208,8 @@ class WidgetActions:
             self._say(f"{kept} polygon(s) refined" + (f", {collapsed} collapsed: kept as drawn"
                                                        if collapsed else ""))
 
-        return self._jobs.start("Refine", work, shows_errors(done, self._say))
+        return self._jobs.start("Refine", work, shows_errors(done, self._say),
+                                note=self._waits(names))
 
     def save(self, path: str | Path, fmt: str | None = None, include_rejected: bool | None = None
              ) -> Path:
