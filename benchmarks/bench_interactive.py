@@ -122,8 +122,7 @@ t1 = time.perf_counter()
 ticks, ready = [t1], []
 def tick():
     ticks.append(time.perf_counter())
-    loading = widget._annotators._loading
-    if not ready and (loading is None or loading[1].done()):
+    if not ready and not widget._annotators.loading(widget._names()):
         ready.append(ticks[-1])
         loop.quit()
 timer = QTimer(interval=10)

@@ -109,19 +109,22 @@ class Annotator:
 
         Features are computed on first use and cached until the next ``set_image``.
         """
-        arr = np.asarray(image)
-        rgb = to_rgb01(arr, value_range)
+        self._hold(to_rgb01(np.asarray(image), value_range))
+        return self
+
+    def _hold(self, rgb: np.ndarray | None) -> None:
+        """Prompt on ``rgb`` (RGB in [0, 1]; None: no image) from now on; the models take it on
+        their next use, and no earlier outline is reused."""
         self._rgb = rgb
-        self.image_shape = rgb.shape[:2]
+        self.image_shape = None if rgb is None else rgb.shape[:2]
         self._ready = set()
         self._memo.clear()
-        return self
 
     def warm_up(self) -> Annotator:
         """Run both models once on a small made-up image, so that the first real prompt skips
         their one-time set-up (kernel choice, buffers: ~0.9 s of a first 1024² click on a 2-core
         CPU); the image set before, if any, stays set. The widget does it while the models load."""
-        kept = self._rgb, self.image_shape
+        kept = self._rgb
         yy, xx = np.mgrid[:128, :128]
         discs = np.zeros((128, 128), np.float32)
         for r, c in ((24, 24), (24, 96), (96, 40), (90, 100)):
@@ -129,9 +132,8 @@ class Annotator:
         try:
             self.set_image(discs, value_range=(0.0, 1.0)).find_similar([8.0, 8.0, 40.0, 40.0])
         finally:  # also when it fails: the caller's image stays
-            self._rgb, self.image_shape = kept
-            self._ready, self.last_adaptation = set(), {}  # the models take it on next use
-            self._memo.clear()
+            self._hold(kept)
+            self.last_adaptation = {}
         return self
 
     def _shape(self) -> tuple[int, int]:
