@@ -19,8 +19,10 @@ from napari_instanno.training.train_matcher import (
     _teachers,
     collate,
     distill_loss,
+    init_from,
     make_targets,
     matcher_loss,
+    teacher_maps,
 )
 
 SMALL = MatcherConfig(strides=(8,), dim=32, ref_size=32, min_crop=32)
@@ -175,22 +177,29 @@ def test_training_tells_kinds_apart() -> None:
     assert hits["other"] <= 0.1 * hits["targets"], hits
 
 
-def test_distillation_pulls_the_student_to_the_teacher_on_its_folders_only(random_weights
-                                                                           ) -> None:
+@pytest.mark.parametrize("upscale", [1.0, 2.0])
+def test_distillation_pulls_the_student_to_the_teacher_on_its_folders_only(random_weights,
+                                                                           upscale) -> None:
     torch.manual_seed(0)
-    [(teacher, folders, weight)] = _teachers(
-        {"teacher": str(random_weights), "folders": ["nuclei"], "weight": 0.5}, "cpu")
-    assert folders == {"nuclei"} and weight == 0.5
+    [(teacher, folders, weight, up)] = _teachers(
+        {"teacher": str(random_weights), "folders": ["nuclei"], "weight": 0.5,
+         "upscale": upscale}, "cpu")
+    assert folders == {"nuclei"} and weight == 0.5 and up == upscale
     two = _teachers([{"teacher": str(random_weights), "folders": ["nuclei"]},
                      {"teacher": str(random_weights), "folders": ["planes"], "weight": 2.0}], "cpu")
-    assert [(f, w) for _, f, w in two] == [({"nuclei"}, 1.0), ({"planes"}, 2.0)]
+    assert [(f, w, u) for _, f, w, u in two] == [({"nuclei"}, 1.0, 1.0), ({"planes"}, 2.0, 1.0)]
     assert not any(p.requires_grad for p in teacher.parameters())
-    student = OneShotMatcher(MatcherConfig(strides=(8, 16), dim=16), pretrained=False)
+    # upscale 2: a stride-4 student learns what the stride-8 teacher finds on the image at 2x
+    strides = (8, 16) if upscale == 1 else (4, 8, 16)
+    student = OneShotMatcher(MatcherConfig(strides=strides, dim=16, min_crop=64 / upscale),
+                             pretrained=False)
+    init_from(student, random_weights)
     images = torch.rand(2, 3, 64, 64)
     crops, local = torch.rand(2, 3, 64, 64), torch.tensor([[16.0, 16, 48, 48]] * 2)
     size = torch.tensor([[20.0, 20.0]] * 2)
     with torch.no_grad():
-        t_maps = teacher.forward_maps(teacher.features(images), teacher.embed_crops(crops, local, size))
+        t_maps = teacher_maps(teacher, up, images, crops, local, size)
+    assert t_maps.shape[-2:] == (64 // student.stride,) * 2
     keep = torch.tensor([True, False])  # the episodes of the teacher's folders
     assert float(distill_loss(t_maps[keep], t_maps[keep])) == pytest.approx(0.0, abs=1e-4)
 
@@ -208,6 +217,24 @@ def test_distillation_pulls_the_student_to_the_teacher_on_its_folders_only(rando
         out.backward()
         opt.step()
     assert float(loss().detach()) < 0.5 * first
+
+
+def test_a_finer_stride_starts_from_the_next_coarser_attention(random_weights) -> None:
+    from safetensors.torch import load_file
+
+    source = load_file(str(random_weights))
+    fine = OneShotMatcher(MatcherConfig(strides=(4, 8, 16), dim=16), pretrained=False)
+    fresh = {k: v.clone() for k, v in fine.state_dict().items()}
+    init_from(fine, random_weights)
+    state = fine.state_dict()
+    for key, value in state.items():
+        if key.startswith("attn.4."):
+            expected = source[key.replace("attn.4.", "attn.8.")]
+        elif key.startswith("proj.4."):  # 24 channels in: nothing to start from
+            expected = fresh[key]
+        else:
+            expected = source[key]
+        assert torch.equal(value, expected.to(value.dtype)), key
 
 
 @pytest.fixture
@@ -266,6 +293,42 @@ def test_small_references_are_matched_on_an_upscaled_image(random_weights) -> No
     assert matcher.scale_for(np.array([0, 0, 2, 2])) == 4.0     # capped by max_upscale
 
 
+def test_a_fine_matcher_beside_the_weights_takes_small_references_at_half_the_upscale(
+        random_weights) -> None:
+    import json
+
+    fine = OneShotMatcher(MatcherConfig(strides=(4, 8, 16), dim=16, min_crop=32,
+                                        peak_window=128, resolution=2.0), pretrained=False)
+    init_from(fine, random_weights)  # the same backbone
+    path = random_weights.with_name("matcher_fine.safetensors")
+    save_fp16(fine, path, {"config": json.dumps(fine.cfg.to_dict())})  # with its backbone
+    with pytest.raises(InstannoError, match="holds a backbone of its own"):
+        LearnedMatcher(weights=random_weights)
+    save_fp16(fine, path, {"config": json.dumps(fine.cfg.to_dict()), "backbone": "shared"},
+              leave_out="backbone.")
+    matcher = LearnedMatcher(weights=random_weights, threshold=0.0, min_reference_side=48,
+                             max_upscale=4, views=1)
+    assert matcher.fine.backbone.body is matcher.model.backbone.body   # loaded once
+    calls = []
+    for name, model in (("coarse", matcher.model), ("fine", matcher.fine)):
+        features = model.features
+        model.features = lambda x, n=name, f=features: calls.append((n, *x.shape[-2:])) or f(x)
+    matcher.set_image(np.random.default_rng(0).random((70, 100, 3), dtype=np.float32))
+    ref = matcher.embed_reference(np.array([10, 10, 26, 26]))   # 16 px: 3x for the coarse one
+    assert ref["scale"] == 3.0 and calls == [("fine", 128, 160)]  # 1.5x: 105 x 150 padded
+    assert matcher.runner(3.0) == (matcher.fine, 1.5)
+    assert matcher.image_scale(np.array([10, 10, 26, 26])) == 1.5
+    # 2.75x for the coarse one: a multiple of 1/2, so the fine one's scale is one of 1/4 (tiles)
+    assert matcher.scale_for(np.array([0, 0, 17.5, 17.5])) == 3.0
+    boxes, _ = matcher.find(ref)
+    assert len(boxes) and (boxes[:, [0, 2]] <= 100).all() and (boxes[:, [1, 3]] <= 70).all()
+    near = matcher.embed_reference(np.array([10, 10, 50, 50]))  # 40 px: 1.25x, at least 2x
+    assert near["scale"] == 2.0 and calls[-1] == ("fine", 96, 128)  # the image as it is
+    assert matcher.reference_extent(np.array([10, 10, 50, 50])) == 128 / 2 + 64  # fine's window
+    big = matcher.embed_reference(np.array([0, 0, 60, 60]))     # large enough: the coarse one
+    assert big["scale"] == 1.0 and calls[-1] == ("coarse", 96, 128)
+
+
 def test_optimized_backbone_gives_the_same_features() -> None:
     import torch
 
@@ -308,7 +371,7 @@ def test_missing_weights_is_a_clear_error(tmp_path) -> None:
     matcher = LearnedMatcher.__new__(LearnedMatcher)
     matcher.image = None
     matcher.min_reference_side, matcher.max_upscale, matcher.max_reference_side = 48.0, 4.0, 112.0
-    matcher.shared_scale = None
+    matcher.shared_scale, matcher.fine = None, None
     with pytest.raises(InstannoError, match="no image set"):
         matcher.embed_reference(np.array([0, 0, 5, 5]))
 

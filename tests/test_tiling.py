@@ -431,6 +431,17 @@ def test_learned_models_tiled_agree_with_untiled(learned, monkeypatch):
     assert len(reads) >= 2 and _match(untiled, auto, image.shape[:2]).min() >= 0.95
 
 
+def test_learned_tiled_agree_where_the_model_sees_the_image_at_a_fractional_scale(learned):
+    """A smaller reference: the model sees the image at 1.5x (the fine matcher) or 2.75x (the
+    stride-8 one alone); tile origins must still fall on its feature grid."""
+    ann, image, ref, _ = learned
+    small = np.asarray(ref, float) + [3, 3, -3, -3]  # about 14 px
+    assert ann.matcher.image_scale(small) in (1.5, 2.75)
+    untiled = ann.set_image(image).find_similar(small, score_threshold=0.5)
+    tiled = find_similar_tiled(ann, image, small, tile_size=96, score_threshold=0.5, workers=1)
+    assert len(untiled) >= 10 and _match(untiled, tiled, image.shape[:2]).min() >= 0.95
+
+
 def test_learned_tiled_agree_in_the_default_precision(learned):
     """In the default precision (bfloat16 on CPUs with AMX) rounding differs between a tile and
     the whole image: the same instances, outlines within a few pixels."""
@@ -457,8 +468,8 @@ def test_learned_batched_tiles_agree_and_fall_back_on_out_of_memory(learned, mon
     of memory is redone tile by tile, and the run says so."""
     from napari_instanno.inference.learned_matcher import LearnedMatcher
 
-    ann, image, ref, untiled = learned
-    sizes: list[int] = []
+    ann, image, ref, _ = learned
+    sizes: list[int] = []  # 64-px tiles: the four inner windows have one shape
     find_batch = LearnedMatcher.find_batch
 
     def spy(self, images, reference):
@@ -466,10 +477,10 @@ def test_learned_batched_tiles_agree_and_fall_back_on_out_of_memory(learned, mon
         return find_batch(self, images, reference)
 
     monkeypatch.setattr(LearnedMatcher, "find_batch", spy)
-    one = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5, workers=1,
+    one = find_similar_tiled(ann, image, ref, tile_size=64, score_threshold=0.5, workers=1,
                              batch_size=1)
     assert sizes == []
-    batched = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5, workers=2,
+    batched = find_similar_tiled(ann, image, ref, tile_size=64, score_threshold=0.5, workers=2,
                                  batch_size=4)
     assert max(sizes) == 4
     assert len(batched) == len(one) and _match(one, batched, image.shape[:2]).min() >= 0.99
@@ -480,6 +491,6 @@ def test_learned_batched_tiles_agree_and_fall_back_on_out_of_memory(learned, mon
 
     monkeypatch.setattr(LearnedMatcher, "find_batch", out_of_memory)
     with pytest.warns(UserWarning, match="batch of 4 tiles ran out of memory; running them one"):
-        again = find_similar_tiled(ann, image, ref, tile_size=96, score_threshold=0.5,
+        again = find_similar_tiled(ann, image, ref, tile_size=64, score_threshold=0.5,
                                    workers=1, batch_size=4)
-    assert _match(untiled, again, image.shape[:2]).min() >= 0.95
+    assert len(again) == len(one) and _match(one, again, image.shape[:2]).min() >= 0.99

@@ -62,7 +62,8 @@ def adapted(matcher: Any, refs: ReferenceSet, steps: int = STEPS, seconds: float
         return
     import torch
 
-    last = learned.model.head[-1]  # the output convolution; its row 0 gives the heatmap logit
+    model = learned.runner(_scale(refs))[0]
+    last = model.head[-1]  # the output convolution; its row 0 gives the heatmap logit
     params = [last.weight, last.bias]
     saved = [p.detach().clone() for p in params]
     hooks = [p.register_hook(_heatmap_row_only) for p in params]
@@ -74,6 +75,11 @@ def adapted(matcher: Any, refs: ReferenceSet, steps: int = STEPS, seconds: float
         with torch.no_grad():
             for p, s in zip(params, saved, strict=True):
                 p.copy_(s)
+
+
+def _scale(refs: ReferenceSet) -> float:
+    """The scale the first positive reference was embedded at: the one that is tuned for."""
+    return float(getattr(refs.positives[0], "learned", refs.positives[0]).get("scale", 1.0))
 
 
 def _heatmap_row_only(grad: Any) -> Any:
@@ -104,15 +110,15 @@ def _fit(learned: Any, refs: ReferenceSet, params: list, steps: int, seconds: fl
     import torch.nn.functional as F
 
     t0 = time.perf_counter()
-    model = learned.model
+    scale = _scale(refs)
+    model, model_scale = learned.runner(scale)
     pos_refs = [getattr(r, "learned", r) for r in refs.positives]
-    scale = float(pos_refs[0].get("scale", 1.0))
     pos_refs = [r for r in pos_refs if float(r.get("scale", 1.0)) == scale]
     feats = learned._features(scale)["feats"]
     fine, coarse = min(feats), max(feats)
     ratio = coarse // fine
     h, w = feats[fine].shape[-2:]
-    cell = float(fine) / scale  # image pixels per fine cell
+    cell = float(fine) / model_scale  # image pixels per fine cell
 
     def centres(boxes: np.ndarray) -> np.ndarray:  # (n, 2) (row, col) in fine cells
         b = np.asarray(boxes, float).reshape(-1, 4)

@@ -130,7 +130,10 @@ class Annotator:
         for r, c in ((24, 24), (24, 96), (96, 40), (90, 100)):
             discs[(yy - r) ** 2 + (xx - c) ** 2 < 14 ** 2] = 0.8
         try:
-            self.set_image(discs, value_range=(0.0, 1.0)).find_similar([8.0, 8.0, 40.0, 40.0])
+            self.set_image(discs, value_range=(0.0, 1.0))
+            # a small reference and a large one: both learned matchers where there are two
+            for box in ([8.0, 8.0, 40.0, 40.0], [0.0, 0.0, 72.0, 72.0]):
+                self.find_similar(box)
         finally:  # also when it fails: the caller's image stays
             self._hold(kept)
             self.last_adaptation = {}

@@ -16,10 +16,10 @@ DEFAULT_MIN_SCORE = 0.3  # what the widget shows and predict / demo keep by defa
 
 
 def upscale_factor(matcher: Any, box: np.ndarray) -> float:
-    """How much ``matcher`` upscales the image for reference ``box`` (1 unless it has
-    ``scale_for``, as the learned matcher does for small references)."""
-    scale_for = getattr(matcher, "scale_for", None)
-    return 1.0 if scale_for is None else float(scale_for(box))
+    """How much ``matcher`` rescales the image its model sees for reference ``box`` (1 unless it
+    has ``image_scale``, as the learned matcher does for small and large references)."""
+    image_scale = getattr(matcher, "image_scale", None)
+    return 1.0 if image_scale is None else float(image_scale(box))
 
 
 def warn_if_capped(found: int, cap: int, name: str) -> None:

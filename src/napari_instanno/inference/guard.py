@@ -41,8 +41,8 @@ class GuardedMatcher:
     """The learned matcher where the evidence supports it, NCC template matching elsewhere.
 
     Same interface as the learned matcher (``set_image``, ``embed_reference``, ``find``,
-    ``find_batch``, ``scale_for``, ``reference_extent``, ``to``); other keyword arguments go to
-    ``LearnedMatcher``. ``last_method`` and ``last_evidence`` describe the latest reference.
+    ``find_batch``, ``scale_for``, ``image_scale``, ``reference_extent``, ``to``); other keyword
+    arguments go to ``LearnedMatcher``. ``last_method`` and ``last_evidence`` describe the latest reference.
     """
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
@@ -70,6 +70,9 @@ class GuardedMatcher:
 
     def scale_for(self, box: np.ndarray) -> float:
         return self.learned.scale_for(box)
+
+    def image_scale(self, box: np.ndarray) -> float:
+        return self.learned.image_scale(box)
 
     def reference_extent(self, box: np.ndarray) -> float:
         return self.learned.reference_extent(box)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InstannoError
-from ..models.matcher import PEAK_WINDOW, MatcherConfig, OneShotMatcher
+from ..models.matcher import MatcherConfig, OneShotMatcher
 from ..models.weights import load_safetensors, models_dir, read_metadata, shipped_path
 from . import views as views_module
 from .components import warn_if_capped
@@ -22,6 +22,11 @@ from .views import fuse, unview_boxes, view_boxes, view_image, views_for
 
 PAD = 32
 CNN_CONTEXT = 64  # pixels of context beyond which the features barely change
+
+
+FINE = "matcher_fine"  # the stride-4 matcher beside a matcher's weights (configs/matcher_fine.yaml)
+SHARED = "backbone"  # metadata key: "shared" when a file holds no backbone (that of the matcher
+#                      beside it: ``train_matcher``'s ``share_backbone``)
 
 
 def load_matcher(weights: str | Path | None = None, device: str = "cpu") -> OneShotMatcher:
@@ -40,6 +45,30 @@ def load_matcher(weights: str | Path | None = None, device: str = "cpu") -> OneS
     return model.to(device)
 
 
+def load_fine(weights: Path, coarse: OneShotMatcher, device: str = "cpu"
+              ) -> OneShotMatcher | None:
+    """The fine matcher ``matcher_fine.safetensors`` beside ``weights`` (trained on the backbone
+    of the matcher there, which it shares with ``coarse``), or None when there is none."""
+    from safetensors.torch import load_file
+
+    path = weights.with_name(f"{FINE}.safetensors")
+    if not path.is_file():
+        return None
+    meta = read_metadata(path, FINE)
+    if meta.get(SHARED) != "shared":
+        raise InstannoError(f"{path} holds a backbone of its own; the fine matcher must share "
+                            f"{weights.name}'s (train it with share_backbone: true) or remove it")
+    cfg = MatcherConfig.from_dict(json.loads(meta.get("config", "{}")))
+    fine = OneShotMatcher(cfg, pretrained=False, body=coarse.backbone.body)  # its own taps
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    missing, unexpected = fine.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("backbone.") for k in missing):
+        raise InstannoError(f"{path} does not fit its config ({(unexpected or missing)[0]}); "
+                            "is the file corrupt?")
+    fine.eval().backbone.inference_layout = True  # the shared layers are folded already
+    return fine.to(device)
+
+
 class LearnedMatcher:
     """Cross-attention matcher: ``set_image`` keeps the image, features are computed once per scale.
 
@@ -48,6 +77,11 @@ class LearnedMatcher:
     features have stride 8 and tiny objects would merge. Large ones, the mirror rule, on an image
     downscaled by a power of two so that the reference is at most ``max_reference_side`` pixels,
     by at most ``max_downscale`` (the matcher is trained on references up to about 128 px).
+    Where the weights' folder holds the fine matcher (``FINE``: stride 4, taught to find what
+    this one finds on the image upscaled by its ``resolution``, 2), small references use it
+    instead, on the image upscaled that much less (often not at all): their ``scale`` is then the
+    one this matcher would see, at least the fine one's ``resolution``, and ``runner`` says which
+    model runs at which image scale.
     The factor depends on the reference alone, so tiled and whole-image runs agree. Upscaling by
     ``f`` costs ``f²``; features are cached for the last scale used, so new references of a
     similar size only cost the cross-attention and heads. ``threshold`` is the lowest score kept,
@@ -71,6 +105,8 @@ class LearnedMatcher:
         self.precision = precision
         self.dtype = autocast_dtype(device, precision)
         self.model = load_matcher(weights, device)
+        self.fine = load_fine(Path(weights) if weights is not None else shipped_path("matcher"),
+                              self.model, device)
         self.threshold = threshold
         self.max_detections = max_detections
         self.nms_iou = nms_iou
@@ -89,6 +125,8 @@ class LearnedMatcher:
     def to(self, device: str) -> LearnedMatcher:
         """Run on ``device`` from now on (features are recomputed there)."""
         self.model.to(device)
+        if self.fine is not None:
+            self.fine.to(device)
         self.device = device
         self.dtype = autocast_dtype(device, self.precision)
         self.features, self.feature_scale = {}, None
@@ -125,8 +163,22 @@ class LearnedMatcher:
         if self.max_reference_side > 0 and side > self.max_reference_side:
             halvings = np.ceil(np.log2(side / self.max_reference_side))
             return float(max(0.5 ** halvings, 0.5 ** np.floor(np.log2(self.max_downscale))))
-        f = np.ceil(min(self.min_reference_side / side, self.max_upscale) * 4) / 4
-        return max(1.0, float(f))
+        f = max(1.0, float(np.ceil(min(self.min_reference_side / side, self.max_upscale) * 4) / 4))
+        if self.fine is None or f == 1:
+            return f
+        # a multiple of 1/2: the fine matcher's image scale is a multiple of 1/4, as the tiler needs
+        return max(float(np.ceil(f * 2) / 2), self.fine.cfg.resolution)
+
+    def image_scale(self, box: np.ndarray) -> float:
+        """The scale of the image the model sees for a reference box (``runner``)."""
+        return self.runner(self.scale_for(box))[1]
+
+    def runner(self, scale: float) -> tuple[OneShotMatcher, float]:
+        """The model that matches references of ``scale`` (see the class) and the scale of the
+        image it sees."""
+        if self.fine is not None and scale > 1:
+            return self.fine, scale / self.fine.cfg.resolution
+        return self.model, scale
 
     def _features(self, scale: float, view: str = "") -> dict:
         if self.image is None:
@@ -139,18 +191,20 @@ class LearnedMatcher:
         return self.features[view]
 
     def _compute_features(self, images: torch.Tensor, scale: float, view: str = "") -> dict:
-        """Features of a (B, 3, H, W) batch upscaled by ``scale``, padded to a multiple of 32 and
-        seen in ``view``."""
+        """Features of a (B, 3, H, W) batch for references of ``scale`` (``runner``), padded to a
+        multiple of 32 and seen in ``view``."""
+        model, scale = self.runner(scale)
         x = images.to(self.device)  # upscaled where the model runs: on a GPU, a 4-16x smaller copy
         if scale != 1.0:  # the exact factor: windows of an image upscale like the whole
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
                               recompute_scale_factor=False, antialias=scale < 1)
         x = F.pad(x, (0, -x.shape[-1] % PAD, 0, -x.shape[-2] % PAD))
         with self._inference():
-            return self.model.features(view_image(x, view))
+            return model.features(view_image(x, view))
 
     def _padded(self, shape: tuple[int, int], scale: float) -> tuple[int, int]:
-        """(H, W) of an image of ``shape`` as the model sees it: rescaled, padded."""
+        """(H, W) of an image of ``shape`` as the model for ``scale`` sees it: rescaled, padded."""
+        scale = self.runner(scale)[1]
         h, w = (int(np.floor(n * scale)) for n in shape)
         return h + -h % PAD, w + -w % PAD
 
@@ -185,14 +239,15 @@ class LearnedMatcher:
         image = self._features(scale)["image"]  # (raises when no image is set)
         pixels = float(self.view_pixels or np.prod(self.shape)) * scale ** 2
         views = views_for(pixels, self.views)
-        scaled = box.astype(np.float64) * scale
+        model, model_scale = self.runner(scale)
+        scaled = box.astype(np.float64) * model_scale
         with self._inference():
             # the reference crop of each view is the crop seen in that view: one batched pass
             b = torch.as_tensor(scaled, dtype=torch.float32, device=self.device)[None]
-            crops, local = self.model.reference_crops(image, b)
+            crops, local = model.reference_crops(image, b)
             side = crops.shape[-1]
             local = local.cpu().double().numpy()
-            q = self.model.embed_crops(
+            q = model.embed_crops(
                 torch.cat([view_image(crops, v) for v in views]),
                 torch.as_tensor(np.concatenate([view_boxes(local, v, (side, side))
                                                 for v in views]), dtype=torch.float32,
@@ -207,7 +262,7 @@ class LearnedMatcher:
                                  device=self.device)
             one = {"q": {s: v[i:i + 1] for s, v in q["q"].items()}, "size": q["size"][i:i + 1]}
             with self._inference():
-                refs[view] = _on(self.model.with_peaks(feats, one, (at[:, :2] + at[:, 2:]) / 2),
+                refs[view] = _on(model.with_peaks(feats, one, (at[:, :2] + at[:, 2:]) / 2),
                                  self.device)
         first = refs.pop("")
         return {**first, "scale": scale, **({"views": refs} if refs else {})}
@@ -226,18 +281,20 @@ class LearnedMatcher:
     def reference_extent(self, box: np.ndarray) -> float:
         """Half-side (image pixels) of the window around a box's centre that ``embed_reference``
         depends on: the reference crop, the attention-peak window and the CNN's context."""
-        cfg, scale = self.model.cfg, self.scale_for(box)
+        model, scale = self.runner(self.scale_for(box))
+        cfg = model.cfg
         crop = max(cfg.context * float(max(box[2] - box[0], box[3] - box[1])) * scale, cfg.min_crop)
-        return (max(crop, PEAK_WINDOW) / 2 + CNN_CONTEXT) / scale
+        return (max(crop, cfg.peak_window) / 2 + CNN_CONTEXT) / scale
 
     def find(self, reference: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (N, 4) x0y0x1y1 and scores (N,) of every match in the current image, best first."""
         scale = float(reference.get("scale", 1.0))
+        model = self.runner(scale)[0]
         found = []
         for view, ref in _views(reference):
             feats = self._features(scale, view)
             with self._inference():
-                found.append(self.model.detect(feats, _on(ref, self.device), self.threshold,
+                found.append(model.detect(feats, _on(ref, self.device), self.threshold,
                                                self.max_detections, self.nms_iou)[0])
         return self._in_image(self._fused(found, reference, self.shape), self.shape)
 
@@ -255,6 +312,7 @@ class LearnedMatcher:
         # (B, H, W, 3) viewed as (B, 3, H, W): channels-last, as the backbone runs, no copy
         x = torch.from_numpy(np.stack(images).astype(np.float32, copy=False)).permute(0, 3, 1, 2)
         n = len(images)
+        model = self.runner(scale)[0]
         per_view = []
         for view, one in _views(reference):
             feats = self._compute_features(x, scale, view)
@@ -264,7 +322,7 @@ class LearnedMatcher:
                    **({"peak": {s: p.expand(n) for s, p in one["peak"].items()}}
                       if "peak" in one else {})}
             with self._inference():
-                per_view.append(self.model.detect(feats, ref, self.threshold,
+                per_view.append(model.detect(feats, ref, self.threshold,
                                                   self.max_detections, self.nms_iou))
             del feats
         return [self._in_image(self._fused([f[i] for f in per_view], reference, shape[:2]),
@@ -276,9 +334,10 @@ class LearnedMatcher:
         centred in the padding dropped, fused; in image pixels."""
         scale = float(reference.get("scale", 1.0))
         padded = self._padded(shape, scale)
+        model_scale = self.runner(scale)[1]
         out = []
         for (view, _), (b, s) in zip(_views(reference), found, strict=True):
-            boxes = unview_boxes(b.cpu().double().numpy(), view, padded) / scale
+            boxes = unview_boxes(b.cpu().double().numpy(), view, padded) / model_scale
             cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
             inside = (cx >= 0) & (cy >= 0) & (cx < shape[1]) & (cy < shape[0])
             out.append((boxes[inside], s.cpu().double().numpy()[inside]))

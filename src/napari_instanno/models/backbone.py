@@ -18,19 +18,26 @@ _RESNET_WIDTH = {"resnet18": 64, "resnet34": 64, "resnet50": 256}
 ARCHS = ("mobilenet_v2", *_RESNET_WIDTH)
 
 
-def _layers(arch: str, pretrained: bool) -> tuple[nn.Sequential, dict[int, tuple[int, int]]]:
-    """The ``arch`` network as a sequence of layers and, per stride, (last layer index, channels)."""
+def _taps(arch: str) -> dict[int, tuple[int, int]]:
+    """Per stride of the ``arch`` network: (index of its last layer, channels)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown backbone {arch!r}; available: {', '.join(ARCHS)}")
+    if arch == "mobilenet_v2":
+        return _MNV2_TAPS
+    width = _RESNET_WIDTH[arch]
+    return {4: (0, width), 8: (1, 2 * width), 16: (2, 4 * width), 32: (3, 8 * width)}
+
+
+def _layers(arch: str, pretrained: bool) -> nn.Sequential:
+    """The ``arch`` network as a sequence of layers (``_taps`` says where each stride ends)."""
+    _taps(arch)  # an unknown name fails here
     net = getattr(tvm, arch)()
     if pretrained:
         net.load_state_dict(imagenet_state_dict(arch))
     if arch == "mobilenet_v2":
-        return net.features, _MNV2_TAPS
+        return net.features
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
-    width = _RESNET_WIDTH[arch]
-    taps = {4: (0, width), 8: (1, 2 * width), 16: (2, 4 * width), 32: (3, 8 * width)}
-    return nn.Sequential(stem, net.layer2, net.layer3, net.layer4), taps
+    return nn.Sequential(stem, net.layer2, net.layer3, net.layer4)
 
 
 def fold_batchnorms(module: nn.Module) -> nn.Module:
@@ -56,15 +63,19 @@ class Backbone(nn.Module):
 
     ``strides`` picks the outputs (a subset of 4, 8, 16, 32); layers past the deepest are dropped.
     ``channels[s]`` gives each output's width. ``arch`` is one of ``ARCHS``; ``pretrained`` loads
-    ImageNet weights offline.
+    ImageNet weights offline. ``body``: the layers of another backbone of the same ``arch`` and
+    depth to share (nothing is built or loaded).
     """
 
     def __init__(self, strides: tuple[int, ...] = (8, 16, 32), pretrained: bool = True,
-                 arch: str = "mobilenet_v2") -> None:
+                 arch: str = "mobilenet_v2", body: nn.Sequential | None = None) -> None:
         super().__init__()
-        layers, taps = _layers(arch, pretrained)
+        taps = _taps(arch)
         self.strides = tuple(sorted(strides))
-        self.body = layers[: taps[self.strides[-1]][0] + 1]
+        depth = taps[self.strides[-1]][0] + 1
+        if body is not None and len(body) != depth:
+            raise ValueError(f"a shared backbone body needs {depth} layers, got {len(body)}")
+        self.body = body if body is not None else _layers(arch, pretrained)[:depth]
         self.taps = {taps[s][0]: s for s in self.strides}
         self.channels = {s: taps[s][1] for s in self.strides}
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -23,8 +23,6 @@ from torchvision.ops import batched_nms, roi_align
 
 from .backbone import Backbone
 
-PEAK_WINDOW = 256.0  # side (pixels) of the square around a reference holding its attention peak
-
 
 @dataclass
 class MatcherConfig:
@@ -36,6 +34,10 @@ class MatcherConfig:
     context: float = 2.0        # crop side = context * the reference box's longer side ...
     min_crop: float = 64.0      # ... but at least this many image pixels (small objects at scale 1)
     backbone: str = "mobilenet_v2"  # or resnet18 / resnet34 / resnet50 (models.backbone.ARCHS)
+    peak_window: float = 256.0  # side (model pixels) of the square holding a reference's
+    #                             attention peak at inference: the training crop's side
+    resolution: float = 1.0  # the image as the stride-8 matcher sees it upscaled this much (a
+    #                          stride-4 matcher taught by it on 2x images, ``matcher_fine``: 2)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -107,12 +109,15 @@ class CrossAttention(nn.Module):
 
 
 class OneShotMatcher(nn.Module):
-    """Find every instance like a reference box: ``features`` -> ``embed_reference`` -> ``detect``."""
+    """Find every instance like a reference box: ``features`` -> ``embed_reference`` -> ``detect``.
 
-    def __init__(self, cfg: MatcherConfig | None = None, pretrained: bool = True) -> None:
+    ``body``: another matcher's backbone layers to share (``Backbone``)."""
+
+    def __init__(self, cfg: MatcherConfig | None = None, pretrained: bool = True,
+                 body: nn.Sequential | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or MatcherConfig()
-        self.backbone = Backbone(cfg.strides, pretrained=pretrained, arch=cfg.backbone)
+        self.backbone = Backbone(cfg.strides, pretrained=pretrained, arch=cfg.backbone, body=body)
         self.strides = self.backbone.strides
         self.stride = self.strides[0]
         d = cfg.dim
@@ -167,11 +172,11 @@ class OneShotMatcher(nn.Module):
             q[s] = torch.cat([obj, f.mean((2, 3))], 1)
         return {"q": q, "size": sizes.float().clamp(min=1.0)}
 
-    def with_peaks(self, features: dict, ref: dict, centres: torch.Tensor,
-                   window: float = PEAK_WINDOW) -> dict:
+    def with_peaks(self, features: dict, ref: dict, centres: torch.Tensor) -> dict:
         """``ref`` with each scale's attention peak fixed to the similarity's maximum over the
-        ``window``-pixel square around each centre (N, 2) (x, y) in batch item 0's pixels."""
-        peaks = {}
+        ``cfg.peak_window``-pixel square around each centre (N, 2) (x, y) in batch item 0's
+        pixels."""
+        peaks, window = {}, self.cfg.peak_window
         for s in self.strides:
             feat = features["feats"][s]
             h, w = feat.shape[-2:]

@@ -92,14 +92,15 @@ def add_metadata(path: str | Path, extra: dict[str, str]) -> Path:
     return path
 
 
-def save_fp16(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None
-              ) -> Path:
-    """Save a model's floating-point state as fp16 safetensors (integer buffers kept as they are)."""
+def save_fp16(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None,
+              leave_out: str | None = None) -> Path:
+    """Save a model's floating-point state as fp16 safetensors (integer buffers kept as they are),
+    without the entries whose names start with ``leave_out``."""
     from safetensors.torch import save_file
 
     state = {
         k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
-        for k, v in model.state_dict().items()
+        for k, v in model.state_dict().items() if not (leave_out and k.startswith(leave_out))
     }
     path = Path(path)
     tmp = path.with_suffix(".tmp")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..inference.learned_matcher import SHARED
 from ..models.matcher import MatcherConfig, OneShotMatcher
 from ..models.weights import load_safetensors, save_fp16
 from .datasets import shared_folder
@@ -102,6 +103,17 @@ def distill_loss(maps: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (kl.sum() + reg) / pt.sum().clamp(min=1.0)
 
 
+def teacher_maps(teacher: OneShotMatcher, upscale: float, images: torch.Tensor,
+                 crops: torch.Tensor, local: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """A teacher's head outputs on episodes it sees ``upscale`` times larger (as it sees small
+    references at inference), on the grid of a student whose stride is ``upscale`` times finer.
+    The reference crops are the same: the student's ``min_crop`` is the teacher's / ``upscale``."""
+    if upscale != 1.0:
+        images = F.interpolate(images, scale_factor=upscale, mode="bilinear", align_corners=False)
+    return teacher.forward_maps(teacher.features(images),
+                                teacher.embed_crops(crops, local, sizes * upscale))
+
+
 def collate(episodes: list[Episode], device: str) -> dict[str, Any]:
     def stack(name: str) -> torch.Tensor:
         return torch.from_numpy(np.stack([getattr(e, name) for e in episodes])).to(device)
@@ -158,7 +170,7 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     model, sampler = build(cfg, pretrained=cfg.get("pretrained", True))
     if cfg.get("init"):  # start from earlier weights (a later stage of a recipe)
-        load_safetensors(model, cfg["init"])
+        init_from(model, cfg["init"])
     model.to(device).train()
     teachers = _teachers(cfg.get("distill"), device)
     bb = [p for p in model.backbone.parameters() if p.requires_grad]
@@ -200,16 +212,14 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
         losses = matcher_loss(maps, heat.to(device), reg.to(device), mask.to(device),
                               float(cfg.get("size_weight", 1.0)))
         distill = []
-        for teacher, distilled, weight in teachers:
-            keep = torch.tensor([src.split(":")[0] in distilled for src in batch["sources"]],
-                                device=device)
+        for teacher, distilled, weight, up in teachers:
+            keep = torch.tensor([not distilled or src.split(":")[0] in distilled
+                                 for src in batch["sources"]], device=device)
             if not keep.any():
                 continue
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                t_maps = teacher.forward_maps(teacher.features(batch["image"][keep]),
-                                              teacher.embed_crops(batch["ref_crop"][keep],
-                                                                  batch["ref_local"][keep],
-                                                                  batch["ref_size"][keep]))
+                t_maps = teacher_maps(teacher, up, batch["image"][keep], batch["ref_crop"][keep],
+                                      batch["ref_local"][keep], batch["ref_size"][keep])
             distill.append(weight * distill_loss(maps[keep], t_maps))
         if teachers:
             losses["distill"] = sum(distill, maps.sum() * 0.0)
@@ -236,14 +246,40 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
     log.close()
     meta = {"config": json.dumps(model.cfg.to_dict()), "steps": str(step),
             "recipe": Path(config).name}
+    if cfg.get("share_backbone"):  # frozen: the init's backbone, left out of the file
+        meta[SHARED] = "shared"
+        return save_fp16(model, out_dir / "matcher.safetensors", meta, leave_out="backbone.")
     return save_fp16(model, out_dir / "matcher.safetensors", meta)
 
 
+def init_from(model: OneShotMatcher, path: str | Path) -> None:
+    """Start ``model`` from the weights at ``path``; when they lack a stride the model has (a
+    stride-4 matcher from a stride-8 one), that stride's attention starts as the next coarser
+    one's and its projection afresh."""
+    from safetensors.torch import load_file
+
+    state, own = load_file(str(path)), model.state_dict()
+    if set(state) == set(own):
+        load_safetensors(model, path)
+        return
+    strides = [str(s) for s in model.strides]
+    for key, value in own.items():
+        src = key
+        if key not in state and key.startswith("attn."):
+            s = key.split(".")[1]
+            src = key.replace(f"attn.{s}.", f"attn.{strides[strides.index(s) + 1]}.", 1)
+        if src in state and state[src].shape == value.shape:
+            own[key] = state[src].to(value.dtype)
+    model.load_state_dict(own)
+
+
 def _teachers(spec: dict[str, Any] | list[dict[str, Any]] | None, device: str
-              ) -> list[tuple[OneShotMatcher, set[str], float]]:
+              ) -> list[tuple[OneShotMatcher, set[str], float, float]]:
     """The recipe's ``distill`` section, one teacher or a list of them: each a frozen teacher
-    (``teacher``: weights), the data folders whose real episodes it teaches (``folders``) and
-    its loss weight (``weight``)."""
+    (``teacher``: weights), the data folders whose real episodes it teaches (``folders``; none:
+    every episode, synthetic ones included), its loss weight (``weight``) and how much it sees
+    the episodes upscaled (``upscale``: 2 teaches a stride-4 matcher what the stride-8 one finds
+    on the image upscaled 2x)."""
     from ..inference.learned_matcher import load_matcher
 
     out = []
@@ -251,7 +287,8 @@ def _teachers(spec: dict[str, Any] | list[dict[str, Any]] | None, device: str
         teacher = load_matcher(one["teacher"], device)
         for p in teacher.parameters():
             p.requires_grad_(False)
-        out.append((teacher, set(one.get("folders", [])), float(one.get("weight", 1.0))))
+        out.append((teacher, set(one.get("folders", [])), float(one.get("weight", 1.0)),
+                    float(one.get("upscale", 1.0))))
     return out
 
 
