@@ -235,6 +235,13 @@ def test_a_finer_stride_starts_from_the_next_coarser_attention(random_weights) -
         else:
             expected = source[key]
         assert torch.equal(value, expected.to(value.dtype)), key
+    # a file saved without its shared backbone takes it from the weights it was trained on
+    stripped = random_weights.with_name("fine.safetensors")
+    save_fp16(fine, stripped, leave_out="backbone.")
+    again = OneShotMatcher(MatcherConfig(strides=(4, 8, 16), dim=16), pretrained=False)
+    init_from(again, stripped, backbone_from=random_weights)
+    for key, value in again.state_dict().items():
+        assert torch.equal(value, state[key].half().float()), key  # saved as fp16
 
 
 @pytest.fixture

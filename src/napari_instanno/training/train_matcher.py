@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..inference.learned_matcher import SHARED
 from ..models.matcher import MatcherConfig, OneShotMatcher
-from ..models.weights import load_safetensors, save_fp16
+from ..models.weights import save_fp16
 from .datasets import shared_folder
 from .episodes import Episode, EpisodeConfig, EpisodeSampler
 from .recipes import load_config
@@ -170,7 +170,7 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     model, sampler = build(cfg, pretrained=cfg.get("pretrained", True))
     if cfg.get("init"):  # start from earlier weights (a later stage of a recipe)
-        init_from(model, cfg["init"])
+        init_from(model, cfg["init"], cfg.get("backbone_from"))
     model.to(device).train()
     teachers = _teachers(cfg.get("distill"), device)
     bb = [p for p in model.backbone.parameters() if p.requires_grad]
@@ -252,15 +252,20 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
     return save_fp16(model, out_dir / "matcher.safetensors", meta)
 
 
-def init_from(model: OneShotMatcher, path: str | Path) -> None:
+def init_from(model: OneShotMatcher, path: str | Path, backbone_from: str | Path | None = None
+              ) -> None:
     """Start ``model`` from the weights at ``path``; when they lack a stride the model has (a
     stride-4 matcher from a stride-8 one), that stride's attention starts as the next coarser
-    one's and its projection afresh."""
+    one's and its projection afresh. ``backbone_from``: the weights whose backbone to take (for
+    ``path`` saved without one, ``share_backbone``)."""
     from safetensors.torch import load_file
 
     state, own = load_file(str(path)), model.state_dict()
-    if set(state) == set(own):
-        load_safetensors(model, path)
+    if backbone_from is not None:
+        state.update({k: v for k, v in load_file(str(backbone_from)).items()
+                      if k.startswith("backbone.")})
+    if set(state) == set(own):  # the same architecture: every entry, shapes checked
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
         return
     strides = [str(s) for s in model.strides]
     for key, value in own.items():
