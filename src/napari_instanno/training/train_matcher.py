@@ -235,7 +235,7 @@ def train(config: str | Path, resume: bool = True, device: str | None = None,
             on_step(step, steps)
         bar.update(1)
         if step % 20 == 0 or step == steps:
-            vals = {k: round(float(v), 4) for k, v in losses.items()}
+            vals = {k: round(float(v.detach()), 4) for k, v in losses.items()}
             bar.set_postfix(vals)
             log.write(json.dumps({"step": step, "time": time.time(), **vals}) + "\n")
             log.flush()
