@@ -47,8 +47,8 @@ def load_matcher(weights: str | Path | None = None, device: str = "cpu") -> OneS
 
 def load_fine(weights: Path, coarse: OneShotMatcher, device: str = "cpu"
               ) -> OneShotMatcher | None:
-    """The fine matcher ``matcher_fine.safetensors`` beside ``weights`` (trained on the backbone
-    of the matcher there, which it shares with ``coarse``), or None when there is none."""
+    """The fine matcher ``matcher_fine.safetensors`` beside ``weights``, or None when there is
+    none: with a backbone of its own, or (metadata ``backbone: shared``) on ``coarse``'s."""
     from safetensors.torch import load_file
 
     path = weights.with_name(f"{FINE}.safetensors")
@@ -56,8 +56,7 @@ def load_fine(weights: Path, coarse: OneShotMatcher, device: str = "cpu"
         return None
     meta = read_metadata(path, FINE)
     if meta.get(SHARED) != "shared":
-        raise InstannoError(f"{path} holds a backbone of its own; the fine matcher must share "
-                            f"{weights.name}'s (train it with share_backbone: true) or remove it")
+        return load_matcher(path, device)
     cfg = MatcherConfig.from_dict(json.loads(meta.get("config", "{}")))
     fine = OneShotMatcher(cfg, pretrained=False, body=coarse.backbone.body)  # its own taps
     state = {k: v.float() for k, v in load_file(str(path)).items()}
