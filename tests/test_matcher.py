@@ -308,16 +308,14 @@ def test_a_fine_matcher_beside_the_weights_takes_small_references_at_half_the_up
                                         peak_window=128, resolution=2.0), pretrained=False)
     init_from(fine, random_weights)  # the same backbone
     path = random_weights.with_name("matcher_fine.safetensors")
-    import torch
-
     own = OneShotMatcher(fine.cfg, pretrained=False)
     own.load_state_dict(fine.state_dict())
     with torch.no_grad():
         next(own.backbone.parameters()).add_(0.5)  # a backbone trained on its own
     save_fp16(own, path, {"config": json.dumps(fine.cfg.to_dict())})  # with its backbone
-    with_own = LearnedMatcher(weights=random_weights).fine
-    assert with_own.backbone.body is not LearnedMatcher(weights=random_weights).model.backbone.body
-    got = with_own.state_dict()["backbone.body.0.0.weight"].float()
+    with_own = LearnedMatcher(weights=random_weights)
+    assert with_own.fine.backbone.body is not with_own.model.backbone.body
+    got = with_own.fine.state_dict()["backbone.body.0.0.weight"].float()
     assert torch.allclose(got, own.state_dict()["backbone.body.0.0.weight"].half().float())
     save_fp16(fine, path, {"config": json.dumps(fine.cfg.to_dict()), "backbone": "shared"},
               leave_out="backbone.")
