@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InstannoError
+from ..models.int8 import quantize_body
 from ..models.matcher import MatcherConfig, OneShotMatcher
 from ..models.weights import load_safetensors, models_dir, read_metadata, shipped_path
 from . import views as views_module
 from .components import warn_if_capped
-from .precision import autocast, autocast_dtype
+from .precision import autocast, autocast_dtype, uses_int8
 from .views import fuse, unview_boxes, view_boxes, view_image, views_for
 
 PAD = 32
@@ -91,8 +92,10 @@ class LearnedMatcher:
     is embedded for (the current image's; the tiler embeds inside ``views_as_for`` the whole
     image's, so tiles get the views the whole image would) at the reference's scale.
     ``precision`` (``inference.precision``): ``"auto"`` runs the network in bfloat16 autocast on
-    CPUs with AMX, float32 elsewhere; ``"float16"`` is a GPU's fast path. References stay float32
-    (``test_reduced_precision_finds_the_same_nuclei_and_keeps_float32_references``).
+    CPUs with AMX, float32 elsewhere, there with the backbone's costliest layers in int8 where
+    the weights' folder holds their calibration (``models.int8``; ``int8`` says whether they
+    do); ``"float32"`` keeps all float; ``"float16"`` is a GPU's fast path. References stay
+    float32 (``test_reduced_precision_finds_the_same_nuclei_and_keeps_float32_references``).
     """
 
     def __init__(self, device: str = "cpu", weights: str | Path | None = None,
@@ -104,8 +107,12 @@ class LearnedMatcher:
         self.precision = precision
         self.dtype = autocast_dtype(device, precision)
         self.model = load_matcher(weights, device)
-        self.fine = load_fine(Path(weights) if weights is not None else shipped_path("matcher"),
-                              self.model, device)
+        path = Path(weights) if weights is not None else shipped_path("matcher")
+        self.fine = load_fine(path, self.model, device)
+        # int8 layers where calibrated for these weights (``models.int8``); not under a fine
+        # matcher, which taps the shared body inside the int8 span
+        self.int8 = (self.fine is None and uses_int8(device, precision)
+                     and quantize_body(self.model.backbone.body, path))
         self.threshold = threshold
         self.max_detections = max_detections
         self.nms_iou = nms_iou

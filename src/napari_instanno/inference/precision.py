@@ -5,6 +5,8 @@
 and in float32 elsewhere. Measured on the first 25 dsb2018/val images (evaluate protocol, learned
 matcher + outliner): bbox AP50 0.855 float32 -> 0.855 bfloat16, segm AP 0.425 -> 0.426. The
 contour regressor's snake steps (vertex sampling, the moves) stay float32 in every mode.
+Where ``"auto"`` runs float32 on a CPU, the matcher's costliest backbone layers run in int8
+(``models.int8``; ``uses_int8``); ``"float32"`` keeps every layer float.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ def autocast_dtype(device: str, precision: str) -> torch.dtype | None:
         on_cpu = torch.device(device).type == "cpu"
         return torch.bfloat16 if on_cpu and cpu_has_amx() else None
     return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
+
+
+def uses_int8(device: str, precision: str) -> bool:
+    """Whether the matcher's backbone runs its int8 layers (``models.int8``): ``"auto"`` on a
+    CPU that runs float32 there (no AMX), where PyTorch quantises for x86."""
+    from ..models.int8 import available
+
+    auto_float = precision == "auto" and autocast_dtype(device, precision) is None
+    return auto_float and torch.device(device).type == "cpu" and available()
 
 
 def autocast(device: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -1,0 +1,159 @@
+"""Int8 for the costliest layers of the matcher's backbone, on x86 CPUs.
+
+MobileNetV2's ``features[2:7]`` (the stride-4 and stride-8 inverted residuals) take about two
+thirds of the matcher's backbone time on an upscaled image; in int8 (PyTorch's FX post-training
+quantisation, the ``x86`` engine: per-channel weights, 7-bit activations, which do not saturate
+on CPUs without VNNI) they run about 2x faster. Layers 0-1 stay float: a quantised stem's
+small error is amplified by layer 1's folded depthwise weights. Only large inputs take the int8
+path (``INT8_PIXELS``): there the time goes, while on small images (aerial tiles, reference
+crops) float32 costs little and int8 cost the corrections benchmark on buildings (AP50 after 3
+rounds 0.821 -> 0.770). The activations' ranges are
+calibrated once, offline, on training images (``calibrate``; ``training/calibrate_int8.py``)
+and shipped beside the weights as ``matcher.int8.json``, tied to the weights' sha256, so that
+loading runs no image and every machine quantises alike. Measured in ``models/matcher.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+LAYERS = (2, 7)  # the backbone body's layers [start, stop) that run in int8
+ENGINES = ("x86", "fbgemm")  # PyTorch's quantised engines for x86 CPUs
+QUANT_MAX = 127  # 7-bit activations (reduce_range), the x86 engine's default
+# images the model sees (after rescaling) with at least this many pixels run in int8: the
+# layers' input is at stride 2, so a 1000 x 1000 image is 500 x 500 there
+INT8_PIXELS = 1e6
+INPUT_STRIDE = 2
+SUFFIX = ".int8.json"  # beside the weights: ``matcher.safetensors`` -> ``matcher.int8.json``
+
+
+def available() -> bool:
+    """Whether this PyTorch quantises for an x86 CPU (elsewhere, e.g. ARM, the float path)."""
+    return torch.backends.quantized.engine in ENGINES
+
+
+def calibration_path(weights: Path) -> Path:
+    """The calibration file beside ``weights``."""
+    return weights.with_name(weights.name.split(".")[0] + SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _mapping(calibrating: bool) -> Any:
+    """The FX qconfig mapping: histogram observers to calibrate, min/max ones to load ranges
+    into (same observers in the same places, so their names match)."""
+    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+    from torch.ao.quantization.observer import (
+        HistogramObserver,
+        MinMaxObserver,
+        default_per_channel_weight_observer,
+    )
+
+    observer = HistogramObserver if calibrating else MinMaxObserver
+    act = observer.with_args(dtype=torch.quint8, quant_min=0, quant_max=QUANT_MAX)
+    return get_default_qconfig_mapping("x86").set_global(
+        QConfig(activation=act, weight=default_per_channel_weight_observer))
+
+
+def _observers(prepared: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in prepared.named_children() if n.startswith("activation_post_process")}
+
+
+def _prepare(layers: nn.Module, calibrating: bool) -> nn.Module:
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    example = torch.zeros(1, _in_channels(layers), 32, 32)
+    with warnings.catch_warnings():  # FX quantisation's deprecation notices
+        warnings.simplefilter("ignore")
+        return prepare_fx(copy.deepcopy(layers).to(memory_format=torch.contiguous_format).eval(),
+                          _mapping(calibrating), (example,))
+
+
+def _in_channels(layers: nn.Module) -> int:
+    return next(m for m in layers.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def calibrate(layers: nn.Module, inputs: Iterable[torch.Tensor]) -> dict[str, list[float]]:
+    """Each activation observer's (scale, zero point) for ``layers`` (float, BatchNorms folded)
+    after running ``inputs`` (their input tensors) through them."""
+    prepared = _prepare(layers, calibrating=True)
+    with torch.no_grad():
+        for x in inputs:
+            prepared(x.contiguous())
+    out = {}
+    for name, obs in _observers(prepared).items():
+        scale, zero = obs.calculate_qparams()
+        out[name] = [float(scale), int(zero)]
+    return out
+
+
+def quantized(layers: nn.Module, qparams: dict[str, list[float]]) -> nn.Module:
+    """``layers`` converted to int8 with the activations' ``qparams`` (``calibrate``)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    prepared = _prepare(layers, calibrating=False)
+    observers = _observers(prepared)
+    if set(observers) != set(qparams):
+        raise ValueError("the int8 calibration does not fit these layers")
+    for name, obs in observers.items():
+        scale, zero = qparams[name]
+        obs.min_val = torch.tensor(-zero * scale)
+        obs.max_val = torch.tensor((QUANT_MAX - zero) * scale)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_fx(prepared)
+
+
+class Int8Layers(nn.Module):
+    """Float ``layers`` that run in int8 on a CPU for inputs of images of ``INT8_PIXELS`` or more
+    (``quantized``) and as they are otherwise; pickled and copied as the float layers and
+    ``qparams``, quantised again when unpickled."""
+
+    def __init__(self, layers: nn.Module, qparams: dict[str, list[float]]) -> None:
+        super().__init__()
+        self.layers = layers
+        self.qparams = qparams
+        object.__setattr__(self, "_int8", quantized(layers, qparams))  # not a submodule: no .to()
+
+    def __reduce__(self) -> tuple:
+        return Int8Layers, (self.layers, self.qparams)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        large = x.shape[-2] * x.shape[-1] * INPUT_STRIDE ** 2 >= INT8_PIXELS
+        if not large or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+            return self.layers(x)
+        return self._int8(x)
+
+
+def quantize_body(body: nn.Sequential, weights: Path) -> bool:
+    """Run ``body[LAYERS]`` in int8 where the calibration beside ``weights`` is for them (same
+    sha256) and this PyTorch quantises for x86; in place (``body[start]`` becomes
+    ``Int8Layers``, the rest of the span identities, so the taps keep their indices).
+    False, and ``body`` untouched, otherwise."""
+    path = calibration_path(weights)
+    start, stop = LAYERS
+    if not available() or not path.is_file() or len(body) < stop:
+        return False
+    cal = json.loads(path.read_text())
+    if cal.get("weights_sha256") != file_sha256(weights) or cal.get("layers") != list(LAYERS):
+        return False
+    try:
+        span = Int8Layers(nn.Sequential(*body[start:stop]), cal["qparams"])
+    except (ValueError, RuntimeError, KeyError):  # another PyTorch's graph, a damaged file
+        return False
+    body[start] = span
+    for i in range(start + 1, stop):
+        body[i] = nn.Identity()
+    return True

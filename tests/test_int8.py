@@ -1,0 +1,89 @@
+"""The matcher's int8 backbone layers (``models.int8``): same nuclei as float32, portable."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_instanno.geometry import box_iou
+from napari_instanno.image import to_rgb01
+from napari_instanno.inference.learned_matcher import LearnedMatcher
+from napari_instanno.inference.precision import uses_int8
+from napari_instanno.models import int8
+from napari_instanno.models.weights import shipped_path
+from napari_instanno.samples import nuclei_sample
+
+pytestmark = pytest.mark.skipif(not int8.available(), reason="PyTorch quantises for x86 only")
+
+
+def test_the_default_matcher_uses_int8_where_the_precision_rule_says() -> None:
+    assert LearnedMatcher().int8 == uses_int8("cpu", "auto")
+    assert not LearnedMatcher(precision="float32").int8
+    assert not uses_int8("cuda", "auto") and not uses_int8("cpu", "bfloat16")
+
+
+def test_int8_layers_find_the_nuclei_float32_finds() -> None:
+    image, ref = nuclei_sample()
+    rgb = to_rgb01(np.tile(image, (2, 2)))  # 512², seen at 2x: 1 MPix, so int8
+    full, low = LearnedMatcher(precision="float32"), LearnedMatcher(precision="float32")
+    assert int8.quantize_body(low.model.backbone.body, shipped_path("matcher"))
+    assert isinstance(low.model.backbone.body[int8.LAYERS[0]], int8.Int8Layers)
+    found = []
+    for m in (full, low):
+        m.set_image(rgb)
+        b, s = m.find(m.embed_reference(ref))
+        found.append(b[s >= 0.3])
+    (b32, b8) = found
+    assert len(b32) >= 30 and abs(len(b32) - len(b8)) <= 2
+    assert (box_iou(b32, b8).max(axis=1) >= 0.7).mean() >= 0.95
+
+
+def test_only_large_images_run_in_int8() -> None:
+    m = LearnedMatcher(precision="float32")
+    span = nn.Sequential(*m.model.backbone.body[int8.LAYERS[0]:int8.LAYERS[1]])
+    qparams = json.loads(int8.calibration_path(shipped_path("matcher")).read_text())["qparams"]
+    layers = int8.Int8Layers(span, qparams)
+    side = int(np.ceil(np.sqrt(int8.INT8_PIXELS))) // int8.INPUT_STRIDE
+    with torch.inference_mode():
+        for n, is_int8 in ((side - 8, False), (side, True)):  # a reference crop, an image
+            x = torch.rand(1, 16, n, n)
+            want, got = span(x), layers(x)
+            assert torch.equal(want, got) != is_int8
+            assert ((got - want).norm() / want.norm()) < 0.3
+
+
+def test_int8_layers_pickle_and_copy_as_float_layers_and_ranges() -> None:
+    m = LearnedMatcher(precision="float32")
+    assert int8.quantize_body(m.model.backbone.body, shipped_path("matcher"))
+    x = torch.rand(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        want = m.model.backbone(x)[8]
+        for other in (pickle.loads(pickle.dumps(m.model)), copy.deepcopy(m.model)):
+            span = other.backbone.body[int8.LAYERS[0]]
+            assert isinstance(span, int8.Int8Layers) and span.qparams == \
+                m.model.backbone.body[int8.LAYERS[0]].qparams
+            assert torch.equal(other.backbone(x)[8], want)
+
+
+def test_a_calibration_for_other_weights_or_layers_is_not_used(tmp_path) -> None:
+    weights = tmp_path / "matcher.safetensors"
+    shutil.copy(shipped_path("matcher"), weights)
+    shipped = json.loads(int8.calibration_path(shipped_path("matcher")).read_text())
+    body = LearnedMatcher(precision="float32").model.backbone.body
+    cases = {"other weights": {**shipped, "weights_sha256": "0" * 64},
+             "other layers": {**shipped, "qparams": dict(list(shipped["qparams"].items())[:-1])}}
+    for case in cases.values():
+        int8.calibration_path(weights).write_text(json.dumps(case))
+        assert not int8.quantize_body(body, weights)
+    assert not any(isinstance(layer, int8.Int8Layers) for layer in body)
+    int8.calibration_path(weights).write_text(json.dumps(shipped))  # the same bytes: used
+    assert int8.quantize_body(body, weights)
+    assert np.allclose(body[int8.LAYERS[0]].qparams["activation_post_process_0"],
+                       shipped["qparams"]["activation_post_process_0"])
