@@ -31,6 +31,7 @@ import numpy as np
 
 from napari_instanno.geometry import box_iou
 from napari_instanno.inference.annotator import Annotator
+from napari_instanno.inference.precision import PRECISIONS
 from napari_instanno.inference.references import MAX_SIZE_RATIO, side
 from napari_instanno.training.datasets import CocoFolder
 from napari_instanno.training.evaluate import reference_index
@@ -140,9 +141,11 @@ def simulate(ann: Annotator, rgb: np.ndarray, gt: np.ndarray, ref: int, rounds: 
 
 
 def run_folder(folder: Path, method: str, rounds: int, max_images: int | None,
-               device: str, models: str | None = None, user: str = "both") -> dict:
+               device: str, models: str | None = None, user: str = "both",
+               precision: str = "auto") -> dict:
     matcher, adapt = METHODS[method]
-    ann = Annotator(matcher=matcher, outliner="ellipse", device=device, models=models)
+    ann = Annotator(matcher=matcher, outliner="ellipse", device=device, models=models,
+                    precision=precision)
     runs, t0 = [], time.perf_counter()
     for sample in CocoFolder(folder).samples[:max_images]:
         inst = sample.instances
@@ -153,7 +156,8 @@ def run_folder(folder: Path, method: str, rounds: int, max_images: int | None,
         runs.append(simulate(ann, rgb, np.asarray(inst.boxes, float), ref, rounds, adapt, user))
         runs[-1]["n"] = len(inst)
         runs[-1]["gt"] = np.asarray(inst.boxes, float)
-    row: dict = {"folder": str(folder), "method": method, "user": user, "images": len(runs),
+    row: dict = {"folder": str(folder), "method": method, "user": user, "precision": precision,
+                 "images": len(runs),
                  "instances": int(sum(r["n"] for r in runs))}
     for r in REPORT_ROUNDS:
         if r > rounds:
@@ -224,6 +228,8 @@ def main() -> None:
     p.add_argument("--user", choices=USERS, default="both",
                    help="both: the issue's user; no-negatives: rejections hidden but not given "
                         "to the tool; no-additions: no reference added")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="the learned models' precision (float32: no int8 layers either)")
     p.add_argument("--adapt-timing", action="store_true",
                    help="only time adaptation on a 1024x1024 image")
     a = p.parse_args()
@@ -241,7 +247,7 @@ def main() -> None:
     for folder in a.folders:
         for method in a.methods:
             rows.append(run_folder(Path(a.data) / folder, method, a.rounds, a.max_images,
-                                   a.device, a.models, a.user))
+                                   a.device, a.models, a.user, a.precision))
             rows[-1]["folder"] = folder
             print(json.dumps(rows[-1]), flush=True)
             if a.json:
