@@ -50,8 +50,10 @@ def test_train_matcher_from_my_annotations_gives_a_model_folder(saved, tmp_path,
     assert shipped_path("matcher").read_bytes() == shipped  # never overwritten
     card = (out / "matcher.md").read_text()
     assert "mine.json" in card and "images" in card and "2 steps" in card
-    tuned = Annotator(matcher="learned", outliner="ellipse", device="cpu", models=out)
-    plain = Annotator(matcher="learned", outliner="ellipse", device="cpu")
+    # float32: the shipped weights' int8 layers (models.int8) would lay out their state otherwise
+    tuned = Annotator(matcher="learned", outliner="ellipse", device="cpu", models=out,
+                      precision="float32")
+    plain = Annotator(matcher="learned", outliner="ellipse", device="cpu", precision="float32")
     a, b = tuned.matcher.model.state_dict(), plain.matcher.model.state_dict()
     assert any(not np.array_equal(a[k], b[k]) for k in a)
     img, centres = disc_scene(seed=3)
@@ -104,8 +106,8 @@ def test_train_contour_from_my_polygons_alone_or_next_to_a_matcher(saved, tmp_pa
 
     assert {v.dtype for v in load_file(alone / "contour.safetensors").values()
             if v.is_floating_point()} == {__import__("torch").float16}
-    plain = Annotator(device="cpu")
-    tuned = Annotator(device="cpu", models=alone)  # the matcher missing: the shipped one
+    plain = Annotator(device="cpu", precision="float32")  # float32: one state layout (int8)
+    tuned = Annotator(device="cpu", models=alone, precision="float32")  # the matcher missing: the shipped one
     assert _differs(_state(tuned.outliner.model), _state(plain.outliner.model))
     assert not _differs(_state(tuned.matcher.model), _state(plain.matcher.model))
     img, centres = disc_scene(seed=3)
@@ -123,7 +125,7 @@ def test_train_contour_from_my_polygons_alone_or_next_to_a_matcher(saved, tmp_pa
     assert main(["train", "contour", "--from", str(ann), "--images", str(imgs), "--out", str(both),
                  "--models", str(alone), "--steps", "1", "--device", "cpu"]) == 0
     assert str(alone / "contour.safetensors") in (both / "contour.md").read_text()
-    tuned = Annotator(device="cpu", models=both)
+    tuned = Annotator(device="cpu", models=both, precision="float32")
     assert _differs(_state(tuned.matcher.model), _state(plain.matcher.model))
     assert _differs(_state(tuned.outliner.model), _state(plain.outliner.model))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import threading
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +35,9 @@ QUANT_MAX = 127  # 7-bit activations (reduce_range), the x86 engine's default
 INT8_PIXELS = 1e6
 INPUT_STRIDE = 2
 SUFFIX = ".int8.json"  # beside the weights: ``matcher.safetensors`` -> ``matcher.int8.json``
+# FX tracing keeps global state: matchers built in several threads at once (tile workers, the
+# widget's background load) must quantise one after the other
+_TRACING = threading.Lock()
 
 
 def available() -> bool:
@@ -75,7 +79,7 @@ def _prepare(layers: nn.Module, calibrating: bool) -> nn.Module:
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     example = torch.zeros(1, _in_channels(layers), 32, 32)
-    with warnings.catch_warnings():  # FX quantisation's deprecation notices
+    with _TRACING, warnings.catch_warnings():  # (and FX quantisation's deprecation notices)
         warnings.simplefilter("ignore")
         return prepare_fx(copy.deepcopy(layers).to(memory_format=torch.contiguous_format).eval(),
                           _mapping(calibrating), (example,))
@@ -111,15 +115,15 @@ def quantized(layers: nn.Module, qparams: dict[str, list[float]]) -> nn.Module:
         scale, zero = qparams[name]
         obs.min_val = torch.tensor(-zero * scale)
         obs.max_val = torch.tensor((QUANT_MAX - zero) * scale)
-    with warnings.catch_warnings():
+    with _TRACING, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return convert_fx(prepared)
 
 
 class Int8Layers(nn.Module):
     """Float ``layers`` that run in int8 on a CPU for inputs of images of ``INT8_PIXELS`` or more
-    (``quantized``) and as they are otherwise; pickled and copied as the float layers and
-    ``qparams``, quantised again when unpickled."""
+    (``quantized``) and as they are otherwise; pickled as the float layers and ``qparams``,
+    quantised again when unpickled; deep copies share the int8 module."""
 
     def __init__(self, layers: nn.Module, qparams: dict[str, list[float]]) -> None:
         super().__init__()
@@ -129,6 +133,16 @@ class Int8Layers(nn.Module):
 
     def __reduce__(self) -> tuple:
         return Int8Layers, (self.layers, self.qparams)
+
+    def __deepcopy__(self, memo: dict) -> Int8Layers:
+        """A copy sharing the (read-only) int8 module: no tracing, which patches every module's
+        call while it runs and so must not happen beside inference in other threads (tiles)."""
+        new = Int8Layers.__new__(Int8Layers)
+        nn.Module.__init__(new)
+        new.layers = copy.deepcopy(self.layers, memo)
+        new.qparams = copy.deepcopy(self.qparams, memo)
+        object.__setattr__(new, "_int8", self._int8)
+        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         large = x.shape[-2] * x.shape[-1] * INPUT_STRIDE ** 2 >= INT8_PIXELS
