@@ -10,11 +10,15 @@ NCC + Otsu run in the same process on the same calls: the ratios are against the
 is timed in this process (the package already imported) and in a new process with every import.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_interactive.py --threads 2
+    OMP_NUM_THREADS=1 python benchmarks/bench_interactive.py --threads 2 --compare float32
     xvfb-run -a python benchmarks/bench_interactive.py --threads 2 --widget   # + the widget path
 
 ``--lazy`` also times the largest image as a lazy (dask) array, which the widget sends through
 the tiler: "click" outlines the shown part (``find_similar_tiled(..., outline_threshold=)``),
 "all" every candidate (what the widget's tiled path did before).
+
+``--compare PRECISION`` also times the learned models at that precision (e.g. float32: no int8
+layers) in the same process, on the same calls: a row per image beside the default's.
 
 ``--widget`` also times the widget in a real viewer: the dsb2018 image opened, the widget docked
 (its models load in the background meanwhile), a reference drawn, Run -> the result layer filled.
@@ -27,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from napari_instanno.inference.precision import PRECISIONS
 
 SHOWN = 0.3  # the widget's default min score (inference.annotator.DEFAULT_MIN_SCORE)
 
@@ -179,10 +185,16 @@ def widget_path(rgb: np.ndarray, ref: np.ndarray) -> None:
     viewer.close()
 
 
-def print_rows(name: str, size: str, a: dict, b: dict, cols: tuple[str, ...]) -> None:
-    """The learned (``a``) and NCC (``b``) seconds of ``cols``, and their ratios."""
+def print_rows(name: str, size: str, a: dict, b: dict, cols: tuple[str, ...],
+               extra: tuple[str, dict] | None = None) -> None:
+    """The learned (``a``) and NCC (``b``) seconds of ``cols``, and their ratios; ``extra``: a
+    (label, seconds) row of the learned models at another precision."""
     print(f"{name:<26}{size:>10}  {int(a['found']):>5}/{int(a['shown']):<5}  "
           + "".join(f"{a[c]:>13.2f}" for c in cols))
+    if extra is not None:
+        label, e = extra
+        print(f"{'  learned ' + label:<26}{'':>10}  {int(e['found']):>5}/{int(e['shown']):<5}  "
+              + "".join(f"{e[c]:>13.2f}" for c in cols))
     print(f"{'  ncc + otsu':<26}{'':>10}  {int(b['found']):>5}/{int(b['shown']):<5}  "
           + "".join(f"{b[c]:>13.2f}" for c in cols))
     print(f"{'  ratio':<26}{'':>10}  {'':>11}  "
@@ -195,6 +207,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--widget", action="store_true", help="also time the widget path (needs a display)")
     p.add_argument("--lazy", action="store_true", help="also the largest image as a dask array")
+    p.add_argument("--compare", choices=PRECISIONS, default=None,
+                   help="also time the learned models at this precision in the same run")
     p.add_argument("--repeats", type=int, default=3,
                    help="time each click this many times and print the median (a shared CPU's "
                         "noise)")
@@ -208,21 +222,31 @@ def main() -> None:
     scenes = images(Path(args.shared))
     t_learned, learned = timed(lambda: Annotator(device="cpu"))
     t_ncc, ncc = timed(lambda: Annotator(matcher="ncc", outliner="otsu", device="cpu"))
+    other = None
+    if args.compare:
+        t_other, other = timed(lambda: Annotator(device="cpu", precision=args.compare))
+        print(f"model load at precision {args.compare}: {t_other:.2f} s (in this process)")
     new_learned = fresh_load("", args.threads, args.repeats)
     new_ncc = fresh_load("matcher='ncc', outliner='otsu', ", args.threads, args.repeats)
     print(f"torch threads {args.threads}; model load: {learned.matcher.name} + "
           f"{learned.outliner.name} {t_learned:.2f} s, ncc + otsu {t_ncc:.2f} s; in a new "
           f"process, imports included (median of {args.repeats}): learned {new_learned:.2f} s, "
           f"ncc + otsu {new_ncc:.2f} s")
-    for ann in (learned, ncc):  # first-call set-up stays out of the timings, as in the widget
-        ann.warm_up()
+    for ann in (learned, ncc, other):  # first-call set-up stays out of the timings, as in the widget
+        if ann is not None:
+            ann.warm_up()
     cols = ("image click", "ref click", "image all", "ref all")
     print(f"{'image':<26}{'size':>10}  {'found/shown':>11}  " + "".join(f"{c:>13}" for c in cols)
           + "   (seconds; x = learned / ncc)")
-    for name, rgb, ref, other in scenes:
-        a, b = (median([clicks(ann, rgb, ref, other) for _ in range(args.repeats)])
-                for ann in (learned, ncc))
-        print_rows(name, f"{rgb.shape[1]}x{rgb.shape[0]}", a, b, cols)
+    for name, rgb, ref, second in scenes:
+        runs: dict[int, list] = {0: [], 1: [], 2: []}
+        for _ in range(args.repeats):  # interleaved, so a drifting machine hits each alike
+            for i, ann in enumerate((learned, ncc, other)):
+                if ann is not None:
+                    runs[i].append(clicks(ann, rgb, ref, second))
+        a, b = median(runs[0]), median(runs[1])
+        extra = (args.compare, median(runs[2])) if other is not None else None
+        print_rows(name, f"{rgb.shape[1]}x{rgb.shape[0]}", a, b, cols, extra)
     if args.lazy:
         name, rgb, ref, _ = scenes[0]
         cols = ("lazy click", "lazy all")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 # One torch thread: on a 2-core machine with any other load, a second OpenMP thread waiting on a
 # busy core makes small models 10-30x slower. Set before torch is imported (kernels inherit it).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# int8 layers are kept in a cache folder between runs (``models.int8.cache_dir``): the tests' own,
+# never the user's
+os.environ.setdefault("NAPARI_INSTANNO_CACHE", tempfile.mkdtemp(prefix="instanno-test-cache-"))
 
 import numpy as np
 import pytest

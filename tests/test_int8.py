@@ -87,3 +87,45 @@ def test_a_calibration_for_other_weights_or_layers_is_not_used(tmp_path) -> None
     assert int8.quantize_body(body, weights)
     assert np.allclose(body[int8.LAYERS[0]].qparams["activation_post_process_0"],
                        shipped["qparams"]["activation_post_process_0"])
+
+
+def _span_and_qparams() -> tuple[nn.Module, dict]:
+    m = LearnedMatcher(precision="float32")
+    span = nn.Sequential(*m.model.backbone.body[int8.LAYERS[0]:int8.LAYERS[1]])
+    return span, json.loads(int8.calibration_path(shipped_path("matcher")).read_text())["qparams"]
+
+
+def test_int8_layers_are_kept_in_the_cache_and_later_loaded_without_tracing(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(int8.CACHE_ENV, str(tmp_path / "cache"))
+    span, qparams = _span_and_qparams()
+    x = torch.rand(1, 16, 512, 512)
+    with torch.inference_mode():
+        want = int8.Int8Layers(span, qparams)(x)
+        kept = list((tmp_path / "cache").glob("int8-*.pt"))
+        assert len(kept) == 1 and not list((tmp_path / "cache").glob(".*"))
+
+        def no_tracing(*_):
+            raise AssertionError("traced again")
+
+        monkeypatch.setattr(int8, "quantized", no_tracing)
+        assert torch.equal(int8.Int8Layers(span, qparams)(x), want)
+        other = {k: [v[0] * 1.5, v[1]] for k, v in qparams.items()}  # other ranges: not this file
+        with pytest.raises(AssertionError, match="traced again"):
+            int8.Int8Layers(span, other)
+
+
+def test_a_damaged_or_unwritable_cache_quantises_again(tmp_path, monkeypatch) -> None:
+    span, qparams = _span_and_qparams()
+    x = torch.rand(1, 16, 512, 512)
+    monkeypatch.setenv(int8.CACHE_ENV, str(tmp_path / "cache"))
+    with torch.inference_mode():
+        want = int8.Int8Layers(span, qparams)(x)
+        (kept,) = (tmp_path / "cache").glob("int8-*.pt")
+        kept.write_bytes(b"not a TorchScript file")
+        assert torch.equal(int8.Int8Layers(span, qparams)(x), want)
+        assert kept.read_bytes() != b"not a TorchScript file"  # replaced by a good one
+        blocker = tmp_path / "a file"
+        blocker.write_text("")
+        monkeypatch.setenv(int8.CACHE_ENV, str(blocker / "cache"))  # cannot be made
+        assert torch.equal(int8.Int8Layers(span, qparams)(x), want)

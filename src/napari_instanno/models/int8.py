@@ -10,14 +10,18 @@ crops) float32 costs little and int8 cost the corrections benchmark on buildings
 rounds 0.821 -> 0.770). The activations' ranges are
 calibrated once, offline, on training images (``calibrate``; ``training/calibrate_int8.py``)
 and shipped beside the weights as ``matcher.int8.json``, tied to the weights' sha256, so that
-loading runs no image and every machine quantises alike. Measured in ``models/matcher.md``.
+loading runs no image and every machine quantises alike. Quantising (FX tracing) takes 0.3-1 s,
+so the int8 layers are kept in the user's cache folder as TorchScript (``int8_module``) and
+later starts load them in ~0.05 s. Measured in ``models/matcher.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import os
 import threading
 import warnings
 from collections.abc import Iterable
@@ -34,6 +38,7 @@ QUANT_MAX = 127  # 7-bit activations (reduce_range), the x86 engine's default
 # layers' input is at stride 2, so a 1000 x 1000 image is 500 x 500 there
 INT8_PIXELS = 1e6
 INPUT_STRIDE = 2
+CACHE_ENV = "NAPARI_INSTANNO_CACHE"  # overrides the cache folder (``cache_dir``)
 SUFFIX = ".int8.json"  # beside the weights: ``matcher.safetensors`` -> ``matcher.int8.json``
 # FX tracing keeps global state: matchers built in several threads at once (tile workers, the
 # widget's background load) must quantise one after the other
@@ -48,6 +53,14 @@ def available() -> bool:
 def calibration_path(weights: Path) -> Path:
     """The calibration file beside ``weights``."""
     return weights.with_name(weights.name.split(".")[0] + SUFFIX)
+
+
+def cache_dir() -> Path:
+    """Where quantised layers are kept between runs: ``$NAPARI_INSTANNO_CACHE``, else
+    ``napari-instanno`` in the user's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-instanno"
 
 
 def file_sha256(path: Path) -> str:
@@ -120,16 +133,54 @@ def quantized(layers: nn.Module, qparams: dict[str, list[float]]) -> nn.Module:
         return convert_fx(prepared)
 
 
+def _cache_key(layers: nn.Module, qparams: dict[str, list[float]]) -> str:
+    """What the int8 module depends on: PyTorch, its engine, the ranges and the float weights."""
+    h = hashlib.sha256(f"{torch.__version__} {torch.backends.quantized.engine} {QUANT_MAX} "
+                       f"{json.dumps(qparams, sort_keys=True)}".encode())
+    for name, t in layers.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def int8_module(layers: nn.Module, qparams: dict[str, list[float]]) -> nn.Module:
+    """``quantized(layers, qparams)``, from the cache (``cache_dir``) where an earlier run kept
+    it as TorchScript, else quantised now and kept there (where the folder is writable): no
+    tracing at later starts. A damaged or unreadable cache file is quantised again."""
+    path = cache_dir() / f"int8-{_cache_key(layers, qparams)}.pt"
+    with warnings.catch_warnings():  # TorchScript's deprecation notices
+        warnings.simplefilter("ignore")
+        if path.is_file():
+            # PyTorch warns once that quantised tensors are deprecated; from C++ while loading
+            # (straight to stderr), from Python here, where it is caught
+            torch.quantize_per_tensor(torch.zeros(1), 1.0, 0, torch.quint8)
+            try:
+                return torch.jit.load(str(path), map_location="cpu")
+            except Exception:  # noqa: BLE001 (damaged, or another PyTorch's: quantise again)
+                pass
+        module = quantized(layers, qparams)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:  # written beside, then renamed: another process never reads half a file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.jit.save(torch.jit.script(module), str(tmp))
+            os.replace(tmp, path)
+        except Exception:  # noqa: BLE001 (a read-only home, a PyTorch without TorchScript)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+    return module
+
+
 class Int8Layers(nn.Module):
     """Float ``layers`` that run in int8 on a CPU for inputs of images of ``INT8_PIXELS`` or more
-    (``quantized``) and as they are otherwise; pickled as the float layers and ``qparams``,
-    quantised again when unpickled; deep copies share the int8 module."""
+    (``int8_module``) and as they are otherwise; pickled as the float layers and ``qparams``,
+    made int8 again when unpickled (from the cache where it is there: a dask worker); deep
+    copies share the int8 module."""
 
     def __init__(self, layers: nn.Module, qparams: dict[str, list[float]]) -> None:
         super().__init__()
         self.layers = layers
         self.qparams = qparams
-        object.__setattr__(self, "_int8", quantized(layers, qparams))  # not a submodule: no .to()
+        object.__setattr__(self, "_int8", int8_module(layers, qparams))  # not a submodule: no .to()
 
     def __reduce__(self) -> tuple:
         return Int8Layers, (self.layers, self.qparams)
