@@ -96,11 +96,8 @@ def child(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     baselines.MAX_DETECTIONS = 10**7  # the untiled baseline must not be capped at 2000
     arr = zarr.open_array(args.image, mode="r")
-    ann = Annotator(matcher=args.matcher, outliner=args.outliner, device=args.device)
-    for comp in (ann.matcher, ann.outliner):  # inference.precision
-        if hasattr(comp, "precision"):
-            comp.precision = args.precision
-            comp.to(args.device)
+    ann = Annotator(matcher=args.matcher, outliner=args.outliner, device=args.device,
+                    precision=args.precision)  # inference.precision (float32: no int8 layers)
     vr = as_source(arr).value_range()
     warm = np.asarray(arr[:512, :512])  # first-use imports and allocations stay out of the timing
     find_similar_tiled(ann, warm, ref_box(), tile_size=256, value_range=vr)

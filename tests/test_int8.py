@@ -129,3 +129,20 @@ def test_a_damaged_or_unwritable_cache_quantises_again(tmp_path, monkeypatch) ->
         blocker.write_text("")
         monkeypatch.setenv(int8.CACHE_ENV, str(blocker / "cache"))  # cannot be made
         assert torch.equal(int8.Int8Layers(span, qparams)(x), want)
+
+
+def test_an_unpickled_matcher_gets_its_int8_layers_without_tracing(tmp_path, monkeypatch) -> None:
+    """A dask worker on another machine (an empty cache) may run the matcher in another thread
+    while it unpickles a copy: tracing there must not happen."""
+    m = LearnedMatcher(precision="float32")
+    assert int8.quantize_body(m.model.backbone.body, shipped_path("matcher"))
+    data = pickle.dumps(m.model)
+    monkeypatch.setenv(int8.CACHE_ENV, str(tmp_path / "empty"))
+
+    def no_tracing(*_):
+        raise AssertionError("traced")
+
+    monkeypatch.setattr(int8, "quantized", no_tracing)
+    x = torch.rand(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        assert torch.equal(pickle.loads(data).backbone(x)[8], m.model.backbone(x)[8])

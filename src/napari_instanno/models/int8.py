@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import json
 import os
 import threading
@@ -143,47 +144,89 @@ def _cache_key(layers: nn.Module, qparams: dict[str, list[float]]) -> str:
     return h.hexdigest()[:32]
 
 
+def _load_script(source: str | io.BytesIO) -> nn.Module:
+    """A TorchScript module from a file or bytes, without PyTorch's deprecation notices."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # PyTorch warns once that quantised tensors are deprecated; from C++ while loading
+        # (straight to stderr), from Python here, where it is caught
+        torch.quantize_per_tensor(torch.zeros(1), 1.0, 0, torch.quint8)
+        return torch.jit.load(source, map_location="cpu")
+
+
+def _scripted(module: nn.Module) -> nn.Module:
+    """``module`` as TorchScript (it is already when it came from the cache)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return module
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.script(module)
+
+
 def int8_module(layers: nn.Module, qparams: dict[str, list[float]]) -> nn.Module:
     """``quantized(layers, qparams)``, from the cache (``cache_dir``) where an earlier run kept
     it as TorchScript, else quantised now and kept there (where the folder is writable): no
     tracing at later starts. A damaged or unreadable cache file is quantised again."""
     path = cache_dir() / f"int8-{_cache_key(layers, qparams)}.pt"
-    with warnings.catch_warnings():  # TorchScript's deprecation notices
-        warnings.simplefilter("ignore")
-        if path.is_file():
-            # PyTorch warns once that quantised tensors are deprecated; from C++ while loading
-            # (straight to stderr), from Python here, where it is caught
-            torch.quantize_per_tensor(torch.zeros(1), 1.0, 0, torch.quint8)
-            try:
-                return torch.jit.load(str(path), map_location="cpu")
-            except Exception:  # noqa: BLE001 (damaged, or another PyTorch's: quantise again)
-                pass
-        module = quantized(layers, qparams)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:  # written beside, then renamed: another process never reads half a file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.jit.save(torch.jit.script(module), str(tmp))
-            os.replace(tmp, path)
-        except Exception:  # noqa: BLE001 (a read-only home, a PyTorch without TorchScript)
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+    if path.is_file():
+        try:
+            return _load_script(str(path))
+        except Exception:  # noqa: BLE001 (damaged, or another PyTorch's: quantise again)
+            pass
+    module = quantized(layers, qparams)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:  # written beside, then renamed: another process never reads half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(_scripted(module), str(tmp))
+        os.replace(tmp, path)
+    except Exception:  # noqa: BLE001 (a read-only home, a PyTorch without TorchScript)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return module
+
+
+def _script_bytes(module: nn.Module) -> bytes | None:
+    """``module`` saved as TorchScript (None where this PyTorch cannot)."""
+    try:
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(_scripted(module), buf)
+        return buf.getvalue()
+    except Exception:  # noqa: BLE001 (a PyTorch without TorchScript: the receiver quantises)
+        return None
+
+
+def _unpickled(layers: nn.Module, qparams: dict[str, list[float]], script: bytes | None
+               ) -> Int8Layers:
+    """``Int8Layers`` from a pickle: the int8 module from its TorchScript bytes, where they load
+    (no tracing: a dask worker may be running the matcher in another thread), else made again."""
+    if script is not None:
+        try:
+            return Int8Layers(layers, qparams, _load_script(io.BytesIO(script)))
+        except Exception:  # noqa: BLE001 (another PyTorch's: quantise again)
+            pass
+    return Int8Layers(layers, qparams)
 
 
 class Int8Layers(nn.Module):
     """Float ``layers`` that run in int8 on a CPU for inputs of images of ``INT8_PIXELS`` or more
-    (``int8_module``) and as they are otherwise; pickled as the float layers and ``qparams``,
-    made int8 again when unpickled (from the cache where it is there: a dask worker); deep
-    copies share the int8 module."""
+    (``int8``; default ``int8_module``) and as they are otherwise; pickled as the float layers,
+    ``qparams`` and the int8 module as TorchScript (``_unpickled``); deep copies share the int8
+    module."""
 
-    def __init__(self, layers: nn.Module, qparams: dict[str, list[float]]) -> None:
+    def __init__(self, layers: nn.Module, qparams: dict[str, list[float]],
+                 int8: nn.Module | None = None) -> None:
         super().__init__()
         self.layers = layers
         self.qparams = qparams
-        object.__setattr__(self, "_int8", int8_module(layers, qparams))  # not a submodule: no .to()
+        # not a submodule: no .to()
+        object.__setattr__(self, "_int8", int8 if int8 is not None else int8_module(layers, qparams))
 
     def __reduce__(self) -> tuple:
-        return Int8Layers, (self.layers, self.qparams)
+        return _unpickled, (self.layers, self.qparams, _script_bytes(self._int8))
 
     def __deepcopy__(self, memo: dict) -> Int8Layers:
         """A copy sharing the (read-only) int8 module: no tracing, which patches every module's
