@@ -34,26 +34,29 @@ def test_int8_layers_find_the_nuclei_float32_finds() -> None:
     rgb = to_rgb01(np.tile(image, (2, 2)))  # 512², seen at 2x: 1 MPix, so int8
     full, low = LearnedMatcher(precision="float32"), LearnedMatcher(precision="float32")
     assert int8.quantize_body(low.model.backbone.body, shipped_path("matcher"))
-    assert isinstance(low.model.backbone.body[int8.LAYERS[0]], int8.Int8Layers)
+    assert isinstance(low.model.backbone.body[int8.SPANS[0][0]], int8.Int8Layers)
     found = []
     for m in (full, low):
         m.set_image(rgb)
         b, s = m.find(m.embed_reference(ref))
         found.append(b[s >= 0.3])
     (b32, b8) = found
-    assert len(b32) >= 30 and abs(len(b32) - len(b8)) <= 2
+    # (dsb2018/val AP50 0.868 float32, 0.867 int8: models/matcher.md)
+    assert len(b32) >= 30 and abs(len(b32) - len(b8)) <= max(2, 0.02 * len(b32))
     assert (box_iou(b32, b8).max(axis=1) >= 0.7).mean() >= 0.95
 
 
-def test_only_large_images_run_in_int8() -> None:
+@pytest.mark.parametrize(("start", "stop", "stride"), int8.SPANS)
+def test_only_large_images_run_in_int8(start: int, stop: int, stride: int) -> None:
     m = LearnedMatcher(precision="float32")
-    span = nn.Sequential(*m.model.backbone.body[int8.LAYERS[0]:int8.LAYERS[1]])
-    qparams = json.loads(int8.calibration_path(shipped_path("matcher")).read_text())["qparams"]
-    layers = int8.Int8Layers(span, qparams)
-    side = int(np.ceil(np.sqrt(int8.INT8_PIXELS))) // int8.INPUT_STRIDE
+    span = nn.Sequential(*m.model.backbone.body[start:stop])
+    cal = json.loads(int8.calibration_path(shipped_path("matcher")).read_text())
+    layers = int8.Int8Layers(span, cal["spans"][int8.span_key(start, stop)], stride)
+    side = int(np.ceil(np.sqrt(int8.INT8_PIXELS))) // stride
+    channels = next(c for c in span.modules() if isinstance(c, nn.Conv2d)).in_channels
     with torch.inference_mode():
         for n, is_int8 in ((side - 8, False), (side, True)):  # a reference crop, an image
-            x = torch.rand(1, 16, n, n)
+            x = torch.rand(1, channels, n, n)
             want, got = span(x), layers(x)
             assert torch.equal(want, got) != is_int8
             assert ((got - want).norm() / want.norm()) < 0.3
@@ -64,12 +67,14 @@ def test_int8_layers_pickle_and_copy_as_float_layers_and_ranges() -> None:
     assert int8.quantize_body(m.model.backbone.body, shipped_path("matcher"))
     x = torch.rand(1, 3, 1024, 1024)
     with torch.inference_mode():
-        want = m.model.backbone(x)[8]
+        want = m.model.backbone(x)
         for other in (pickle.loads(pickle.dumps(m.model)), copy.deepcopy(m.model)):
-            span = other.backbone.body[int8.LAYERS[0]]
-            assert isinstance(span, int8.Int8Layers) and span.qparams == \
-                m.model.backbone.body[int8.LAYERS[0]].qparams
-            assert torch.equal(other.backbone(x)[8], want)
+            for start, _, stride in int8.SPANS:
+                span = other.backbone.body[start]
+                assert isinstance(span, int8.Int8Layers) and span.input_stride == stride
+                assert span.qparams == m.model.backbone.body[start].qparams
+            got = other.backbone(x)
+            assert torch.equal(got[8], want[8]) and torch.equal(got[16], want[16])
 
 
 def test_a_calibration_for_other_weights_or_layers_is_not_used(tmp_path) -> None:
@@ -78,21 +83,23 @@ def test_a_calibration_for_other_weights_or_layers_is_not_used(tmp_path) -> None
     shipped = json.loads(int8.calibration_path(shipped_path("matcher")).read_text())
     body = LearnedMatcher(precision="float32").model.backbone.body
     cases = {"other weights": {**shipped, "weights_sha256": "0" * 64},
-             "other layers": {**shipped, "qparams": dict(list(shipped["qparams"].items())[:-1])}}
+             "other layers": {**shipped, "spans": {k: dict(list(v.items())[:-1])
+                                                   for k, v in shipped["spans"].items()}}}
     for case in cases.values():
         int8.calibration_path(weights).write_text(json.dumps(case))
         assert not int8.quantize_body(body, weights)
     assert not any(isinstance(layer, int8.Int8Layers) for layer in body)
     int8.calibration_path(weights).write_text(json.dumps(shipped))  # the same bytes: used
     assert int8.quantize_body(body, weights)
-    assert np.allclose(body[int8.LAYERS[0]].qparams["activation_post_process_0"],
-                       shipped["qparams"]["activation_post_process_0"])
+    for start, stop, _ in int8.SPANS:
+        assert isinstance(body[start], int8.Int8Layers)
+        assert body[start].qparams == shipped["spans"][int8.span_key(start, stop)]
 
 
 def _span_and_qparams() -> tuple[nn.Module, dict]:
     m = LearnedMatcher(precision="float32")
-    span = nn.Sequential(*m.model.backbone.body[int8.LAYERS[0]:int8.LAYERS[1]])
-    return span, json.loads(int8.calibration_path(shipped_path("matcher")).read_text())["qparams"]
+    span = nn.Sequential(*m.model.backbone.body[int8.SPANS[0][0]:int8.SPANS[0][1]])
+    return span, json.loads(int8.calibration_path(shipped_path("matcher")).read_text())["spans"]["2-7"]
 
 
 def test_int8_layers_are_kept_in_the_cache_and_later_loaded_without_tracing(
@@ -145,4 +152,5 @@ def test_an_unpickled_matcher_gets_its_int8_layers_without_tracing(tmp_path, mon
     monkeypatch.setattr(int8, "quantized", no_tracing)
     x = torch.rand(1, 3, 1024, 1024)
     with torch.inference_mode():
-        assert torch.equal(pickle.loads(data).backbone(x)[8], m.model.backbone(x)[8])
+        got, want = pickle.loads(data).backbone(x), m.model.backbone(x)
+        assert torch.equal(got[8], want[8]) and torch.equal(got[16], want[16])

@@ -1,9 +1,10 @@
 """Int8 for the costliest layers of the matcher's backbone, on x86 CPUs.
 
 MobileNetV2's ``features[2:7]`` (the stride-4 and stride-8 inverted residuals) take about two
-thirds of the matcher's backbone time on an upscaled image; in int8 (PyTorch's FX post-training
-quantisation, the ``x86`` engine: per-channel weights, 7-bit activations, which do not saturate
-on CPUs without VNNI) they run about 2x faster. Layers 0-1 stay float: a quantised stem's
+thirds of the matcher's backbone time on an upscaled image and ``features[7:14]`` (stride 16)
+most of the rest; in int8 (PyTorch's FX post-training quantisation, the ``x86`` engine:
+per-channel weights, 7-bit activations, which do not saturate on CPUs without VNNI) they run
+about 2x and 4x faster (``SPANS``, each span quantised on its own). Layers 0-1 stay float: a quantised stem's
 small error is amplified by layer 1's folded depthwise weights. Only large inputs take the int8
 path (``INT8_PIXELS``): there the time goes, while on small images (aerial tiles, reference
 crops) float32 costs little and int8 cost the corrections benchmark on buildings (AP50 after 3
@@ -32,13 +33,14 @@ from typing import Any
 import torch
 from torch import nn
 
-LAYERS = (2, 7)  # the backbone body's layers [start, stop) that run in int8
+# the backbone body's layers [start, stop) that run in int8, each span with the stride of its
+# input (the image pixels one input pixel stands for)
+SPANS = ((2, 7, 2), (7, 14, 8))
 ENGINES = ("x86", "fbgemm")  # PyTorch's quantised engines for x86 CPUs
 QUANT_MAX = 127  # 7-bit activations (reduce_range), the x86 engine's default
 # images the model sees (after rescaling) with at least this many pixels run in int8: the
-# layers' input is at stride 2, so a 1000 x 1000 image is 500 x 500 there
+# first span's input is at stride 2, so a 1000 x 1000 image is 500 x 500 there
 INT8_PIXELS = 1e6
-INPUT_STRIDE = 2
 CACHE_ENV = "NAPARI_INSTANNO_CACHE"  # overrides the cache folder (``cache_dir``)
 SUFFIX = ".int8.json"  # beside the weights: ``matcher.safetensors`` -> ``matcher.int8.json``
 # FX tracing keeps global state: matchers built in several threads at once (tile workers, the
@@ -199,34 +201,37 @@ def _script_bytes(module: nn.Module) -> bytes | None:
         return None
 
 
-def _unpickled(layers: nn.Module, qparams: dict[str, list[float]], script: bytes | None
-               ) -> Int8Layers:
+def _unpickled(layers: nn.Module, qparams: dict[str, list[float]], input_stride: int,
+               script: bytes | None) -> Int8Layers:
     """``Int8Layers`` from a pickle: the int8 module from its TorchScript bytes, where they load
     (no tracing: a dask worker may be running the matcher in another thread), else made again."""
     if script is not None:
         try:
-            return Int8Layers(layers, qparams, _load_script(io.BytesIO(script)))
+            return Int8Layers(layers, qparams, input_stride, _load_script(io.BytesIO(script)))
         except Exception:  # noqa: BLE001 (another PyTorch's: quantise again)
             pass
-    return Int8Layers(layers, qparams)
+    return Int8Layers(layers, qparams, input_stride)
 
 
 class Int8Layers(nn.Module):
     """Float ``layers`` that run in int8 on a CPU for inputs of images of ``INT8_PIXELS`` or more
-    (``int8``; default ``int8_module``) and as they are otherwise; pickled as the float layers,
+    (``input_stride``: image pixels per input pixel; ``int8``: the int8 module, default
+    ``int8_module``) and as they are otherwise; pickled as the float layers,
     ``qparams`` and the int8 module as TorchScript (``_unpickled``); deep copies share the int8
     module."""
 
     def __init__(self, layers: nn.Module, qparams: dict[str, list[float]],
-                 int8: nn.Module | None = None) -> None:
+                 input_stride: int = SPANS[0][2], int8: nn.Module | None = None) -> None:
         super().__init__()
         self.layers = layers
         self.qparams = qparams
+        self.input_stride = input_stride
         # not a submodule: no .to()
         object.__setattr__(self, "_int8", int8 if int8 is not None else int8_module(layers, qparams))
 
     def __reduce__(self) -> tuple:
-        return _unpickled, (self.layers, self.qparams, _script_bytes(self._int8))
+        return _unpickled, (self.layers, self.qparams, self.input_stride,
+                            _script_bytes(self._int8))
 
     def __deepcopy__(self, memo: dict) -> Int8Layers:
         """A copy sharing the (read-only) int8 module: no tracing, which patches every module's
@@ -235,33 +240,44 @@ class Int8Layers(nn.Module):
         nn.Module.__init__(new)
         new.layers = copy.deepcopy(self.layers, memo)
         new.qparams = copy.deepcopy(self.qparams, memo)
+        new.input_stride = self.input_stride
         object.__setattr__(new, "_int8", self._int8)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        large = x.shape[-2] * x.shape[-1] * INPUT_STRIDE ** 2 >= INT8_PIXELS
+        large = x.shape[-2] * x.shape[-1] * self.input_stride ** 2 >= INT8_PIXELS
         if not large or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
             return self.layers(x)
         return self._int8(x)
 
 
+def span_key(start: int, stop: int) -> str:
+    """A span's name in the calibration file: ``"2-7"``."""
+    return f"{start}-{stop}"
+
+
 def quantize_body(body: nn.Sequential, weights: Path) -> bool:
-    """Run ``body[LAYERS]`` in int8 where the calibration beside ``weights`` is for them (same
-    sha256) and this PyTorch quantises for x86; in place (``body[start]`` becomes
-    ``Int8Layers``, the rest of the span identities, so the taps keep their indices).
-    False, and ``body`` untouched, otherwise."""
+    """Run each span of ``SPANS`` in int8 where the calibration beside ``weights`` is for these
+    weights (same sha256) and holds that span, and this PyTorch quantises for x86; in place
+    (``body[start]`` becomes ``Int8Layers``, the rest of the span identities, so the taps at the
+    spans' ends keep their indices). False, and ``body`` untouched, when no span is."""
     path = calibration_path(weights)
-    start, stop = LAYERS
-    if not available() or not path.is_file() or len(body) < stop:
+    if not available() or not path.is_file():
         return False
     cal = json.loads(path.read_text())
-    if cal.get("weights_sha256") != file_sha256(weights) or cal.get("layers") != list(LAYERS):
+    spans = cal.get("spans")
+    if cal.get("weights_sha256") != file_sha256(weights) or not isinstance(spans, dict):
         return False
+    made = {}
     try:
-        span = Int8Layers(nn.Sequential(*body[start:stop]), cal["qparams"])
-    except (ValueError, RuntimeError, KeyError):  # another PyTorch's graph, a damaged file
+        for start, stop, stride in SPANS:
+            if len(body) >= stop and span_key(start, stop) in spans:
+                made[start, stop] = Int8Layers(nn.Sequential(*body[start:stop]),
+                                               spans[span_key(start, stop)], stride)
+    except (ValueError, RuntimeError, KeyError, TypeError):  # another PyTorch's graph, a damaged file
         return False
-    body[start] = span
-    for i in range(start + 1, stop):
-        body[i] = nn.Identity()
-    return True
+    for (start, stop), span in made.items():
+        body[start] = span
+        for i in range(start + 1, stop):
+            body[i] = nn.Identity()
+    return bool(made)

@@ -33,27 +33,33 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     weights = Path(a.weights) if a.weights else shipped_path("matcher")
     model = load_matcher(weights)
-    bb, start, stop = model.backbone, *int8.LAYERS
+    bb = model.backbone
     images = [s.load_rgb01() for folder, n in SOURCES
               for s in CocoFolder(Path(a.data) / folder).samples[:n]]
-    inputs = []
+    inputs = []  # each image at the body's input
     with torch.no_grad():
         for i, rgb in enumerate(images):
             x = torch.from_numpy(np.ascontiguousarray(rgb[:CROP, :CROP, :3].transpose(2, 0, 1)))
             x = x[None].float()
             if i % 2:
                 x = F.interpolate(x, scale_factor=2.0, mode="bilinear")
-            x = ((x - bb.mean) / bb.std).contiguous(memory_format=torch.channels_last)
-            for layer in bb.body[:start]:
-                x = layer(x)
-            inputs.append(x)
-    qparams = int8.calibrate(torch.nn.Sequential(*bb.body[start:stop]), inputs)
+            inputs.append(((x - bb.mean) / bb.std).contiguous(memory_format=torch.channels_last))
+    spans, done = {}, 0  # each span calibrated on the float output of the layers before it
+    for start, stop, _ in int8.SPANS:
+        with torch.no_grad():
+            for layer in bb.body[done:start]:
+                inputs = [layer(x) for x in inputs]
+        layers = torch.nn.Sequential(*bb.body[start:stop])
+        spans[int8.span_key(start, stop)] = int8.calibrate(layers, inputs)
+        with torch.no_grad():
+            inputs = [layers(x) for x in inputs]
+        done = stop
     out = int8.calibration_path(weights)
-    out.write_text(json.dumps({"layers": list(int8.LAYERS),
-                               "weights_sha256": int8.file_sha256(weights),
+    out.write_text(json.dumps({"weights_sha256": int8.file_sha256(weights),
                                "images": [f"{f}: first {n}" for f, n in SOURCES],
-                               "qparams": qparams}, indent=1) + "\n")
-    print(f"wrote {out} ({len(qparams)} activations)")
+                               "spans": spans}, indent=1) + "\n")
+    print(f"wrote {out} ({sum(len(q) for q in spans.values())} activations in "
+          f"{len(spans)} spans)")
 
 
 if __name__ == "__main__":
