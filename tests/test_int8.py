@@ -122,6 +122,26 @@ def test_int8_layers_are_kept_in_the_cache_and_later_loaded_without_tracing(
             int8.Int8Layers(span, other)
 
 
+def test_the_cache_keeps_the_most_recently_used_modules(tmp_path, monkeypatch) -> None:
+    import os
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv(int8.CACHE_ENV, str(cache))
+    monkeypatch.setattr(int8, "CACHE_KEEP", 3)
+    old = [cache / f"int8-{i:032d}.pt" for i in range(4)]
+    for age, path in enumerate(old):  # old[0] used last, old[3] longest ago
+        path.write_bytes(b"an earlier model's module")
+        os.utime(path, (1e9 - age * 1e5, 1e9 - age * 1e5))
+    span, qparams = _span_and_qparams()
+    int8.Int8Layers(span, qparams)  # a new module: quantised and kept, the oldest two go
+    (new,) = set(cache.glob("int8-*.pt")) - set(old)
+    assert sorted(cache.glob("int8-*.pt")) == sorted([new, old[0], old[1]])
+    os.utime(new, (1e8, 1e8))  # as if it were used long ago: loading it marks it used now
+    int8.Int8Layers(span, qparams)
+    assert new.stat().st_mtime > old[0].stat().st_mtime and new.is_file()
+
+
 def test_a_damaged_or_unwritable_cache_quantises_again(tmp_path, monkeypatch) -> None:
     span, qparams = _span_and_qparams()
     x = torch.rand(1, 16, 512, 512)

@@ -42,6 +42,9 @@ QUANT_MAX = 127  # 7-bit activations (reduce_range), the x86 engine's default
 # first span's input is at stride 2, so a 1000 x 1000 image is 500 x 500 there
 INT8_PIXELS = 1e6
 CACHE_ENV = "NAPARI_INSTANNO_CACHE"  # overrides the cache folder (``cache_dir``)
+# int8 modules kept in the cache, the most recently used (two per matcher weights, under 1 MB
+# together: every fine-tuned model adds its own, the oldest go)
+CACHE_KEEP = 16
 SUFFIX = ".int8.json"  # beside the weights: ``matcher.safetensors`` -> ``matcher.int8.json``
 # FX tracing keeps global state: matchers built in several threads at once (tile workers, the
 # widget's background load) must quantise one after the other
@@ -172,7 +175,10 @@ def int8_module(layers: nn.Module, qparams: dict[str, list[float]]) -> nn.Module
     path = cache_dir() / f"int8-{_cache_key(layers, qparams)}.pt"
     if path.is_file():
         try:
-            return _load_script(str(path))
+            module = _load_script(str(path))
+            with contextlib.suppress(OSError):
+                os.utime(path)  # used now: ``_prune`` keeps it
+            return module
         except Exception:  # noqa: BLE001 (damaged, or another PyTorch's: quantise again)
             pass
     module = quantized(layers, qparams)
@@ -183,10 +189,24 @@ def int8_module(layers: nn.Module, qparams: dict[str, list[float]]) -> nn.Module
             warnings.simplefilter("ignore")
             torch.jit.save(_scripted(module), str(tmp))
         os.replace(tmp, path)
+        _prune(path.parent)
     except Exception:  # noqa: BLE001 (a read-only home, a PyTorch without TorchScript)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     return module
+
+
+def _prune(folder: Path) -> None:
+    """Remove all but the ``CACHE_KEEP`` most recently used int8 modules in ``folder``."""
+    def used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # removed meanwhile by another process
+            return 0.0
+
+    for old in sorted(folder.glob("int8-*.pt"), key=used, reverse=True)[CACHE_KEEP:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
 
 
 def _script_bytes(module: nn.Module) -> bytes | None:
