@@ -69,6 +69,7 @@ def test_references_of_similar_sizes_are_embedded_at_one_scale(nuclei):
     assert matcher.scale_for(smaller) != matcher.scale_for(ref) != matcher.scale_for(large)
     refs = embed_references(matcher, np.stack([smaller, large, ref]), np.zeros((0, 4)))
     scales = [r["scale"] for r in refs.positives]
-    assert scales[0] == scales[2] == matcher.scale_for(ref)  # within SHARED_SCALE: one pass
+    # within SHARED_SCALE: one pass, at the smaller one's (finer) scale
+    assert scales[0] == scales[2] == matcher.scale_for(smaller)
     assert scales[1] == matcher.scale_for(large)  # 3x larger: its own scale
-    assert matcher.shared_scale is None and matcher.scale_for(smaller) != scales[0]  # reset
+    assert matcher.shared_scale is None and matcher.scale_for(ref) != scales[0]  # reset

@@ -219,18 +219,18 @@ def test_the_evaluate_protocol_never_picks_a_reference_find_similar_refuses():
     assert reference_index(boxes[[0, 2]], areas[[0, 2]], (192, 192)) is None
 
 
-def two_sizes_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Soft-edged discs of 12 px (16 of them) and 64 px (4) across on a dark noisy image: the
-    image, the small discs' boxes and the large ones'."""
+def two_sizes_scene(large_radius: float = 32.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Soft-edged discs of 12 px (16 of them) and ``2 * large_radius`` px (4) across on a dark
+    noisy image: the image, the small discs' boxes and the large ones'."""
     rr, cc = np.mgrid[:384, :384] + 0.5
     img = np.zeros((384, 384))
     small = [(24 + 48 * i, 216 + 48 * j) for i in range(8) for j in range(2)][:16]
     large = [(56 + 96 * i, 56 + 96 * j) for i in range(2) for j in range(2)]
-    for (y, x), r in [*((c, 6.0) for c in small), *((c, 32.0) for c in large)]:
+    for (y, x), r in [*((c, 6.0) for c in small), *((c, large_radius) for c in large)]:
         img = np.maximum(img, np.clip(r - np.hypot(rr - y, cc - x) + 0.5, 0, 1))
     img += np.random.default_rng(1).normal(0, 0.02, img.shape)
     boxes = [np.array([[x - r, y - r, x + r, y + r] for y, x in cs]) for cs, r in
-             ((small, 6.0), (large, 32.0))]
+             ((small, 6.0), (large, large_radius))]
     return img.astype(np.float32), boxes[0], boxes[1]
 
 
@@ -258,6 +258,26 @@ def test_references_far_apart_in_size_are_each_matched_at_their_own_scale() -> N
     for truth in (small, large):  # every disc of both sizes found with a box of its own size
         assert (box_iou(truth, shown).max(1) >= 0.6).all()
     assert len(shown) == len(small) + len(large)
+
+
+def test_references_of_close_sizes_share_the_finest_scale_among_them() -> None:
+    """References of close sizes share one feature pass at the scale of the one the matcher
+    upscales most, not the median one's: none is matched on a coarser feature grid than its own,
+    where small objects merge, so larger references added later do not cost the small ones."""
+    from napari_instanno.geometry import box_iou
+    from napari_instanno.inference.references import embed_references, find_references
+
+    img, small, large = two_sizes_scene(large_radius=8.0)
+    ann = Annotator(device="cpu", outliner="ellipse").set_image(img)
+    matcher = ann._component("matcher")
+    own = [matcher.scale_for(b) for b in (small[0], large[0])]
+    assert own[0] > own[1] > 1.0  # both upscaled, the 12-px disc more (within SHARED_SCALE)
+    refs = embed_references(matcher, np.stack([small[0], large[0], large[1]]), np.zeros((0, 4)))
+    assert [r["scale"] for r in refs.positives] == [own[0]] * 3  # the median is a 16-px disc
+    boxes, scores = find_references(matcher, refs)
+    shown = boxes[scores >= 0.2]
+    for truth in (small, large):
+        assert (box_iou(truth, shown).max(1) >= 0.5).all()
 
 
 def test_a_set_is_tiled_when_its_smallest_reference_would_upscale_past_the_budget(monkeypatch):

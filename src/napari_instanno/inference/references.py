@@ -38,10 +38,11 @@ NEGATIVE_MARGIN = 0.2
 MAX_SIZE_RATIO = 6.0  # the largest positive's side over the smallest's (geometric mean sides)
 MAX_IMAGE_SHARE = 0.5  # a reference covering more of the image leaves no room for others
 # references whose own image scales (``scale_for``) are within this factor of the median one's
-# share its feature pass; the others keep their own scale: at the median's, a reference 5x larger
-# or smaller is far outside the sizes the matcher was trained on, and its boxes and false matches
-# spoil the pooled result (bench_corrections: a second reference lost crowdai-buildings 5 of 36
-# buildings and added 12 badly placed boxes at one shared scale, none lost with its own)
+# share one feature pass (``shared_box``); the others keep their own scale: at the median's, a
+# reference 5x larger or smaller is far outside the sizes the matcher was trained on, and its
+# boxes and false matches spoil the pooled result (bench_corrections: a second reference lost
+# crowdai-buildings 5 of 36 buildings and added 12 badly placed boxes at one shared scale, none
+# lost with its own)
 SHARED_SCALE = 1.5
 POOLING = "max"  # how several positives' scores combine at a place: "max", "mean" or "looks"
 # a positive that finds another where the user would see it makes the two one look
@@ -122,6 +123,24 @@ def representative(boxes: np.ndarray) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float64)[order[(len(order) - 1) // 2]]
 
 
+def shared_box(matcher: Any, boxes: np.ndarray, factor: float = SHARED_SCALE) -> np.ndarray:
+    """The box whose scale several references share (``one_scale``, the tiler's plan): of the
+    boxes whose own scale (``scale_for``) is within ``factor`` of the median box's, the one the
+    matcher upscales most, so that none of them is matched on a coarser feature grid than its
+    own, where small objects merge (bench_corrections, dsb2018/val after 3 rounds: held-out AP50
+    0.797 at the median's scale, 0.847 at the finest; RESULTS.md "Session 19"). The median box
+    for matchers that do not rescale."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    median = representative(boxes)
+    learned = getattr(matcher, "learned", matcher)
+    if len(boxes) < 2 or not hasattr(learned, "scale_for"):
+        return median
+    own = np.array([learned.scale_for(b) for b in boxes])
+    at = learned.scale_for(median)
+    near = np.flatnonzero(np.maximum(own, at) / np.minimum(own, at) <= factor)
+    return boxes[near[int(np.argmax(own[near]))]]
+
+
 def smallest(boxes: np.ndarray) -> np.ndarray:
     """The smallest box: the one a rescaling matcher upscales most, whose feature pass decides
     whether the whole image fits (``policy.tiling_plan``)."""
@@ -161,7 +180,7 @@ def embed_references(embed: Any, boxes: np.ndarray, negative_boxes: np.ndarray,
                      matcher: Any = None, shared: float = SHARED_SCALE) -> ReferenceSet:
     """The references of each box: ``embed`` is a matcher (its current image) or a function of
     one box giving its reference (``matcher``: the one it uses). They are embedded at the scale
-    ``matcher`` picks for the median positive where theirs is within ``shared`` of it
+    of ``shared_box`` where theirs is within ``shared`` of it
     (``one_scale``; the tiler passes ``inf``: its tiles are planned for one scale)."""
     one = getattr(embed, "embed_reference", embed)
     with one_scale(embed if matcher is None else matcher, boxes, shared):
@@ -175,14 +194,14 @@ def embed_references(embed: Any, boxes: np.ndarray, negative_boxes: np.ndarray,
 def one_scale(matcher: Any, boxes: np.ndarray, shared: float = SHARED_SCALE
               ) -> Iterator[None]:
     """Inside the block, a matcher that rescales the image for each reference (the learned one,
-    also behind a guard: ``scale_shared``) uses the scale of the median box of ``boxes`` for
-    every box whose own scale is within a factor ``shared`` of it: one feature pass serves
-    those instead of one per scale."""
+    also behind a guard: ``scale_shared``) uses the scale of ``shared_box`` for every box whose
+    own scale is within a factor ``shared`` of it: one feature pass serves those instead of one
+    per scale."""
     learned = getattr(matcher, "learned", matcher)
     if len(boxes) < 2 or not hasattr(learned, "scale_shared"):
         yield
         return
-    with learned.scale_shared(representative(boxes), shared):
+    with learned.scale_shared(shared_box(learned, boxes), shared):
         yield
 
 

@@ -34,7 +34,7 @@ from .references import (
     check_references,
     embed_references,
     not_negative,
-    representative,
+    shared_box,
     side,
 )
 from .seams import Tile, plan_tiles
@@ -116,7 +116,7 @@ def find_similar_tiled(
     source = as_source(image, level)
     shape = source.shape
     boxes, neg = check_references(ref_box, negatives, shape)
-    box = representative(boxes)
+    box = shared_box(annotator.matcher, boxes)  # the scale every reference is matched at
     if int(tile_size) < 16:
         raise InstannoError(f"tile_size {tile_size} is too small; use at least 16 pixels")
     if halo is not None and int(halo) < 0:
