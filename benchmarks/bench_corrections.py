@@ -222,7 +222,7 @@ def main() -> None:
     p.add_argument("--max-images", type=int, default=None, help="first N images of each folder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the rows here")
-    p.add_argument("--pooling", choices=["mean", "max", "looks"], default=None,
+    p.add_argument("--pooling", choices=["mean", "max", "looks", "blend"], default=None,
                    help="how several positives' scores combine (default: references.POOLING)")
     p.add_argument("--models", default=None, help="a model folder instead of the shipped weights")
     p.add_argument("--user", choices=USERS, default="both",

@@ -57,7 +57,8 @@ def shapes():
     return Annotator(matcher="ncc", outliner="ellipse", device="cpu").set_image(img), img, where
 
 
-def test_a_second_reference_adds_its_look_and_a_negative_removes_its_look(shapes):
+def test_a_second_reference_adds_its_look_and_a_negative_removes_its_look(shapes, monkeypatch):
+    monkeypatch.setattr(references, "POOLING", "max")  # the squares look like the disc only
     ann, _, where = shapes
     disc, ring, square = (box(where[k][0]) for k in KINDS)
     one = ann.find_similar(disc, score_threshold=0.7)
@@ -79,7 +80,7 @@ def test_one_box_in_a_list_is_the_same_as_one_box(shapes):
     np.testing.assert_allclose(a.scores, b.scores)
 
 
-@pytest.mark.parametrize("pooling", ["max", "mean", "looks"])
+@pytest.mark.parametrize("pooling", ["max", "mean", "looks", "blend"])
 def test_tiled_runs_take_the_same_references(shapes, pooling, monkeypatch):
     monkeypatch.setattr(references, "POOLING", pooling)
     ann, img, where = shapes
@@ -129,17 +130,32 @@ def test_pool_means_the_scores_within_a_look_and_takes_the_best_look():
     np.testing.assert_allclose(pool(found)[1], [0.8, 0.6, 0.5])  # each its own look: the best
 
 
+def test_the_blend_halves_the_best_looks_score_and_the_best_positives():
+    a = np.array([[0, 0, 10, 10], [50, 50, 60, 60.0]])
+    b = np.array([[1, 0, 11, 10.0]])
+    c = np.array([[100, 0, 110, 10.0]])
+    found = [(a, [0.8, 0.6]), (b, [0.4]), (c, [0.5])]
+    boxes, scores = pool(found, look=[0, 0, 1], blend=True)
+    # (0, 0): looks 0.6, best 0.8 -> 0.7; (50, 50): looks 0.3, best 0.6 -> 0.45; (100, 0): 0.5
+    np.testing.assert_allclose(scores, [0.7, 0.5, 0.45])
+    np.testing.assert_allclose(boxes, [a[0], c[0], a[1]])
+    np.testing.assert_allclose(pool(found, blend=True)[1], [0.8, 0.6, 0.5])  # own looks: max
+
+
 def test_by_looks_a_place_needs_the_support_of_the_references_that_look_alike(shapes,
                                                                               monkeypatch):
     ann, _, where = shapes
     disc, ring = box(where["disc"][0]), box(where["ring"][0])
     # NCC: the disc finds the ring at 0.66 and the squares at 0.72, the ring the squares at 0.2
+    monkeypatch.setattr(references, "POOLING", "max")
     best = ann.find_similar([disc, ring], score_threshold=0.7)
+    monkeypatch.setattr(references, "POOLING", "blend")  # the default: the squares' 0.72
+    blended = ann.find_similar([disc, ring], score_threshold=0.7)  # and their look's 0.46
     monkeypatch.setattr(references, "POOLING", "looks")
     alike = ann.find_similar([disc, ring], score_threshold=0.7)
     assert found(best, where) == {"disc": 12, "ring": 12, "square": 12}
     assert found(alike, where) == {"disc": 12, "ring": 12, "square": 0}  # one look: both needed
-    assert len(alike) == 24
+    assert found(blended, where) == found(alike, where) and len(alike) == len(blended) == 24
 
 
 def test_a_stack_pools_its_references_by_look_on_every_plane(shapes, monkeypatch):
@@ -187,10 +203,12 @@ def xywh(b: list[float]) -> list[str]:
     return [str(b[0]), str(b[1]), str(b[2] - b[0]), str(b[3] - b[1])]
 
 
-def test_the_cli_takes_several_ref_boxes_and_negative_boxes(tmp_path, capsys):
+def test_the_cli_takes_several_ref_boxes_and_negative_boxes(tmp_path, capsys, monkeypatch):
     from skimage.io import imsave
 
     from napari_instanno.cli import main
+
+    monkeypatch.setattr(references, "POOLING", "max")  # so that only the negative drops squares
 
     img, where = scene()
     png = tmp_path / "shapes.png"
