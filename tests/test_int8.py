@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pickle
 import shutil
 
@@ -123,8 +124,6 @@ def test_int8_layers_are_kept_in_the_cache_and_later_loaded_without_tracing(
 
 
 def test_the_cache_keeps_the_most_recently_used_modules(tmp_path, monkeypatch) -> None:
-    import os
-
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv(int8.CACHE_ENV, str(cache))

@@ -11,11 +11,11 @@ look; by looks keeps fewer of the false matches (F1 of what is shown higher on e
 after 3 rounds) at a slightly lower AP50 (RESULTS.md "Session 9"); the blend keeps max's AP50
 (within 0.01 on every val folder) with most of the looks' cleaner set (F1@50 after 3 rounds
 +0.01 to +0.13: ``benchmarks/bench_corrections.py --pooling``, RESULTS.md "Session 19"). Each
-negative is matched the same
-way; a candidate is dropped where a negative's detection at the same place (box IoU >=
-``SAME_PLACE``) scores higher than the candidate's pooled score (``pool``), and wherever it is a
-negative box itself (``not_negative``). ``PooledMatcher`` wraps a matcher so that the tiler
-(``tiling.find_similar_tiled``) runs a ``ReferenceSet`` tile by tile like a single reference.
+negative is matched the same way; a candidate is dropped where a negative's detection at the
+same place (box IoU >= ``SAME_PLACE``) scores higher than the candidate's pooled score
+(``pool``), and wherever it is a negative box itself (``not_negative``). ``PooledMatcher``
+wraps a matcher so that the tiler (``tiling.find_similar_tiled``) runs a ``ReferenceSet`` tile
+by tile like a single reference.
 """
 
 from __future__ import annotations
